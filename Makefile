@@ -1,0 +1,30 @@
+# Two commands for a fresh clone: `make run` and `make test`. Everything else is set up on demand.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+REQS := $(wildcard requirements/*.txt)
+
+.PHONY: run test lint clean bench
+
+$(STAMP): $(REQS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/torch-cpu.txt
+	$(PY) -m pip install --quiet -r requirements/dev.txt -c requirements/constraints.txt
+	touch $(STAMP)
+
+## run: start the control plane (local runtime, embedded MLflow) at http://127.0.0.1:8000
+run: $(STAMP)
+	$(PY) -m app
+
+## test: run the whole test suite
+test: $(STAMP)
+	$(PY) -m ruff check app models script tests
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check app models script tests
+
+clean:
+	rm -rf $(VENV) .mlops .pytest_cache

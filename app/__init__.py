@@ -1,0 +1,1 @@
+"""The control plane: turns train and deploy requests into workloads and proxies predictions."""

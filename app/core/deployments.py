@@ -1,0 +1,120 @@
+"""Inference tasks: check the MLflow run, build the Deployment and Service, hand them to the runtime."""
+
+from typing import Any
+
+from app.core.blocking import run_blocking
+from app.core.manifests import KIND_INFERENCE, ClusterRefs, inference_deployment, inference_service
+from app.core.names import inference_name
+from app.core.requests import check_same_request
+from app.core.tracking import Tracking
+from app.core.training import find_profile
+from app.errors import InvalidSpec, TaskConflict, TaskNotFound
+from app.profiles import ModelProfile
+from app.runtime.base import AlreadyExists, Runtime, WorkloadState
+from app.schemas.inference import DeploymentStatus, DeploymentTask, DeployRequest
+from models.spec import MODEL_ARTIFACT_PATH, ServeSpec
+
+
+def predict_path(task_id: str) -> str:
+    return f"/api/v1/inference/{task_id}/predict"
+
+
+class DeploymentService:
+    def __init__(self, runtime: Runtime, profiles: dict[str, ModelProfile], tracking: Tracking, refs: ClusterRefs):
+        self.runtime = runtime
+        self.profiles = profiles
+        self.tracking = tracking
+        self.refs = refs
+
+    def plan(self, request: DeployRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        profile = find_profile(self.profiles, request.model_profile)
+        replicas = request.replicas or profile.inference.replicas
+        spec = ServeSpec(
+            task_id=request.task_id,
+            model_id=request.model_id,
+            model_uri=f"runs:/{request.mlflow_run_id}/{MODEL_ARTIFACT_PATH}",
+            model_profile=profile.name,
+            handler=profile.handler,
+            max_rows=profile.inference.max_rows,
+            max_request_bytes=profile.inference.max_request_bytes,
+            use_gpu=request.use_gpu,
+        )
+        normalized = request.model_dump(by_alias=True) | {"replicas": replicas}
+        return normalized, [
+            inference_deployment(spec, profile, request.use_gpu, replicas, normalized, self.refs),
+            inference_service(spec, profile, normalized),
+        ]
+
+    async def check_run(self, request: DeployRequest) -> None:
+        """The run must exist, have finished, and come from a compatible profile."""
+        run = await run_blocking(self.tracking.run_info, request.mlflow_run_id)
+        if run is None:
+            raise TaskNotFound(f"MLflow run '{request.mlflow_run_id}' does not exist", field="mlflowRunId")
+        if run.status != "FINISHED":
+            raise TaskConflict(
+                f"MLflow run '{run.run_id}' is {run.status}; only a FINISHED run has a model to deploy",
+                field="mlflowRunId",
+            )
+        if run.profile and run.profile != request.model_profile:
+            raise InvalidSpec(
+                f"modelProfile '{request.model_profile}' does not match the run's profile '{run.profile}'",
+                field="modelProfile",
+            )
+
+    async def create(self, request: DeployRequest) -> tuple[DeploymentTask, bool]:
+        normalized, manifests = self.plan(request)
+        existing = await run_blocking(self.runtime.get, KIND_INFERENCE, request.task_id)
+        if existing is not None:
+            check_same_request("inference", request.task_id, existing.request, normalized)
+            return self._task(existing), False
+        await self._check_model_id_free(request)
+        await self.check_run(request)
+        try:
+            state = await run_blocking(self.runtime.create, KIND_INFERENCE, request.task_id, manifests)
+            created = True
+        except AlreadyExists as exists:
+            check_same_request("inference", request.task_id, exists.existing.request, normalized)
+            state, created = exists.existing, False
+        return self._task(state), created
+
+    async def _check_model_id_free(self, request: DeployRequest) -> None:
+        for state in await run_blocking(self.runtime.list, KIND_INFERENCE):
+            if state.request.get("modelId") == request.model_id and state.task_id != request.task_id:
+                raise TaskConflict(
+                    f"modelId '{request.model_id}' is already served by task '{state.task_id}'",
+                    field="modelId",
+                )
+
+    async def get(self, task_id: str) -> DeploymentTask:
+        state = await run_blocking(self.runtime.get, KIND_INFERENCE, task_id)
+        if state is None:
+            raise TaskNotFound(f"no deployment '{task_id}'", field="taskId")
+        return self._task(state)
+
+    async def list(self) -> list[DeploymentTask]:
+        return [self._task(state) for state in await run_blocking(self.runtime.list, KIND_INFERENCE)]
+
+    async def delete(self, task_id: str) -> None:
+        if not await run_blocking(self.runtime.delete, KIND_INFERENCE, task_id):
+            raise TaskNotFound(f"no deployment '{task_id}'", field="taskId")
+
+    async def logs(self, task_id: str, tail: int | None) -> str:
+        await self.get(task_id)
+        return await run_blocking(self.runtime.read_logs, KIND_INFERENCE, task_id, tail)
+
+    @staticmethod
+    def _task(state: WorkloadState) -> DeploymentTask:
+        request = state.request
+        return DeploymentTask(
+            task_id=state.task_id,
+            model_id=request["modelId"],
+            mlflow_run_id=request["mlflowRunId"],
+            model_profile=request["modelProfile"],
+            use_gpu=request.get("useGpu", False),
+            replicas=request.get("replicas", 1),
+            status=DeploymentStatus(state.phase),
+            message=state.message,
+            service_name=inference_name(request["modelId"]),
+            predict_path=predict_path(state.task_id),
+            created_at=state.created_at,
+        )

@@ -1,0 +1,249 @@
+"""Pure builders: a validated task plus its profile become the Kubernetes objects a cluster receives.
+
+This is the single place where pod shape is decided (command, env, resources, GPU, probes,
+labels, security context). Both runtimes consume these objects: the Kubernetes runtime applies
+them, the local runtime runs their containers as processes.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from app.core.names import inference_name, job_name
+from app.profiles import ModelProfile, Resources
+from models.spec import SERVE_PORT_ENV, SERVE_SPEC_ENV, TRAIN_SPEC_ENV, ServeSpec, TrainSpec
+
+MANAGED_BY = "fastapi-mlops-api"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_TASK_ID = "mlops.dev/task-id"
+LABEL_TASK_KIND = "mlops.dev/task-kind"
+LABEL_PROFILE = "mlops.dev/profile"
+LABEL_MODEL_ID = "mlops.dev/model-id"
+ANNOTATION_REQUEST = "mlops.dev/request"
+
+KIND_TRAINING = "training"
+KIND_INFERENCE = "inference"
+
+# Workload images run as this unprivileged user (see docker/).
+RUN_AS_USER = 10001
+WORKDIR = "/app"
+HTTP_PORT_NAME = "http"
+SERVICE_PORT = 80
+READINESS_PATH = "/ready"
+LIVENESS_PATH = "/health"
+
+
+@dataclass(frozen=True)
+class ClusterRefs:
+    """Names of the ConfigMap and Secret that workload pods read by reference."""
+
+    config_map: str = "mlops-config"
+    s3_secret: str = "mlops-s3-credentials"
+
+
+def task_selector(kind: str, task_id: str | None = None) -> dict[str, str]:
+    selector = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_TASK_KIND: kind}
+    if task_id is not None:
+        selector[LABEL_TASK_ID] = task_id
+    return selector
+
+
+def _labels(kind: str, task_id: str, profile: str, model_id: str | None = None) -> dict[str, str]:
+    labels = {
+        LABEL_NAME: f"mlops-{'trainer' if kind == KIND_TRAINING else 'inference'}",
+        LABEL_COMPONENT: kind,
+        **task_selector(kind, task_id),
+        LABEL_PROFILE: profile,
+    }
+    if model_id:
+        labels[LABEL_MODEL_ID] = model_id
+    return labels
+
+
+def _metadata(name: str, labels: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
+    request_json = json.dumps(request, sort_keys=True, separators=(",", ":"))
+    return {"name": name, "labels": labels, "annotations": {ANNOTATION_REQUEST: request_json}}
+
+
+def _env_from_cluster(refs: ClusterRefs) -> list[dict[str, Any]]:
+    """Endpoints from the ConfigMap, credentials from the Secret: never inline values."""
+
+    def config(key: str, optional: bool = False) -> dict[str, Any]:
+        ref: dict[str, Any] = {"name": refs.config_map, "key": key}
+        if optional:
+            ref["optional"] = True
+        return {"name": key, "valueFrom": {"configMapKeyRef": ref}}
+
+    def secret(key: str) -> dict[str, Any]:
+        return {"name": key, "valueFrom": {"secretKeyRef": {"name": refs.s3_secret, "key": key, "optional": True}}}
+
+    return [
+        config("MLFLOW_TRACKING_URI"),
+        config("MLFLOW_S3_ENDPOINT_URL", optional=True),
+        config("MLOPS_S3_ENDPOINT_URL", optional=True),
+        secret("AWS_ACCESS_KEY_ID"),
+        secret("AWS_SECRET_ACCESS_KEY"),
+    ]
+
+
+def _resources(resources: Resources, profile: ModelProfile, use_gpu: bool, gpu_count: int | None = None) -> dict:
+    requests = dict(resources.requests)
+    limits = dict(resources.limits)
+    if use_gpu:
+        count = str(gpu_count or profile.gpu.count)
+        # Extended resources are set as limits; requests default to them (and must equal them).
+        limits[profile.gpu.resource_name] = count
+        requests[profile.gpu.resource_name] = count
+    return {"requests": requests, "limits": limits}
+
+
+_CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": RUN_AS_USER,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _pod_spec(containers: list[dict[str, Any]], profile: ModelProfile, use_gpu: bool, **extra: Any) -> dict:
+    spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": containers,
+        # MLflow and the frameworks write caches; the image's root filesystem stays untouched.
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        **extra,
+    }
+    if use_gpu:
+        if profile.gpu.runtime_class_name:
+            spec["runtimeClassName"] = profile.gpu.runtime_class_name
+        if profile.gpu.tolerations:
+            spec["tolerations"] = [t.model_dump(exclude_none=True) for t in profile.gpu.tolerations]
+        if profile.gpu.node_selector:
+            spec["nodeSelector"] = dict(profile.gpu.node_selector)
+    return spec
+
+
+def _container(name: str, image: str, script: str, env: list[dict[str, Any]], resources: dict) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "workingDir": WORKDIR,
+        "command": ["python", script],
+        "env": [
+            *env,
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+            {"name": "HOME", "value": "/tmp"},
+        ],
+        "resources": resources,
+        "securityContext": dict(_CONTAINER_SECURITY),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
+def training_job(
+    spec: TrainSpec, profile: ModelProfile, image: str, request: dict[str, Any], refs: ClusterRefs = ClusterRefs()
+) -> dict[str, Any]:
+    """The batch/v1 Job that runs script/train.py for one training task."""
+    labels = _labels(KIND_TRAINING, spec.task_id, profile.name)
+    env = [{"name": TRAIN_SPEC_ENV, "value": spec.model_dump_json()}, *_env_from_cluster(refs)]
+    container = _container(
+        "trainer", image, "script/train.py", env, _resources(profile.trainer.resources, profile, spec.use_gpu)
+    )
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(job_name(spec.task_id), labels, request),
+        "spec": {
+            "backoffLimit": profile.trainer.backoff_limit,
+            "activeDeadlineSeconds": profile.trainer.active_deadline_seconds,
+            "ttlSecondsAfterFinished": profile.trainer.ttl_seconds_after_finished,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": _pod_spec([container], profile, spec.use_gpu, restartPolicy="Never"),
+            },
+        },
+    }
+
+
+def _http_probe(path: str, period: int, failures: int, initial_delay: int = 0) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": HTTP_PORT_NAME},
+        "initialDelaySeconds": initial_delay,
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def inference_deployment(
+    spec: ServeSpec,
+    profile: ModelProfile,
+    use_gpu: bool,
+    replicas: int,
+    request: dict[str, Any],
+    refs: ClusterRefs = ClusterRefs(),
+) -> dict[str, Any]:
+    """The apps/v1 Deployment that runs script/serve.py for one model."""
+    name = inference_name(spec.model_id)
+    labels = _labels(KIND_INFERENCE, spec.task_id, profile.name, spec.model_id)
+    port = profile.inference.port
+    env = [
+        {"name": SERVE_SPEC_ENV, "value": spec.model_dump_json()},
+        {"name": SERVE_PORT_ENV, "value": str(port)},
+        *_env_from_cluster(refs),
+    ]
+    container = _container(
+        "server", profile.inference.image, "script/serve.py", env,
+        _resources(profile.inference.resources, profile, use_gpu),
+    )
+    container["ports"] = [{"name": HTTP_PORT_NAME, "containerPort": port, "protocol": "TCP"}]
+    # Loading a model can take minutes (downloads); the startup probe holds the others back.
+    container["startupProbe"] = _http_probe(LIVENESS_PATH, period=5, failures=120)
+    container["readinessProbe"] = _http_probe(READINESS_PATH, period=5, failures=3)
+    container["livenessProbe"] = _http_probe(LIVENESS_PATH, period=10, failures=3)
+    selector = task_selector(KIND_INFERENCE, spec.task_id)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(name, labels, request),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {"metadata": {"labels": labels}, "spec": _pod_spec([container], profile, use_gpu)},
+        },
+    }
+
+
+def inference_service(spec: ServeSpec, profile: ModelProfile, request: dict[str, Any]) -> dict[str, Any]:
+    """The v1 Service in front of the model's pods; the predict proxy targets it."""
+    labels = _labels(KIND_INFERENCE, spec.task_id, profile.name, spec.model_id)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(inference_name(spec.model_id), labels, request),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": task_selector(KIND_INFERENCE, spec.task_id),
+            "ports": [{"name": HTTP_PORT_NAME, "port": SERVICE_PORT, "targetPort": HTTP_PORT_NAME, "protocol": "TCP"}],
+        },
+    }
+
+
+def request_of(obj: dict[str, Any]) -> dict[str, Any]:
+    """The request an object was created from, read back from its annotation."""
+    raw = (obj.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_REQUEST)
+    return json.loads(raw) if raw else {}

@@ -1,0 +1,60 @@
+"""What the control plane asks MLflow: does a run exist, and which run did a task make.
+
+Blocking (the MLflow client speaks HTTP synchronously): call through run_blocking.
+"""
+
+import os
+from dataclasses import dataclass
+
+from app.errors import DependencyUnavailable
+from models.spec import PROFILE_TAG, TASK_ID_TAG
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    status: str  # RUNNING, FINISHED, FAILED, KILLED, SCHEDULED
+    profile: str | None
+
+
+class Tracking:
+    def __init__(self, tracking_uri: str):
+        # The API answers users: fail fast instead of MLflow's default minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    def _unavailable(self, exc: Exception) -> DependencyUnavailable:
+        return DependencyUnavailable(f"MLflow at {self.uri} cannot be reached: {type(exc).__name__}: {exc}"[:500])
+
+    def run_info(self, run_id: str) -> RunInfo | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                return None
+            raise self._unavailable(exc) from exc
+        except OSError as exc:  # connection refused, reset, DNS
+            raise self._unavailable(exc) from exc
+        return RunInfo(run.info.run_id, run.info.status, run.data.tags.get(PROFILE_TAG))
+
+    def find_task_run(self, experiment_name: str, task_id: str) -> str | None:
+        """Id of the newest run tagged with this task id, or None (also when MLflow is down)."""
+        try:
+            experiment = self.client.get_experiment_by_name(experiment_name)
+            if experiment is None:
+                return None
+            runs = self.client.search_runs(
+                [experiment.experiment_id],
+                filter_string=f"tags.`{TASK_ID_TAG}` = '{task_id}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+        except Exception:
+            return None
+        return runs[0].info.run_id if runs else None

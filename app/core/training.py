@@ -1,0 +1,146 @@
+"""Training tasks: validate a request against its profile, build its Job, hand it to the runtime."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from app.core.blocking import run_blocking
+from app.core.manifests import KIND_TRAINING, ClusterRefs, training_job
+from app.core.names import job_name
+from app.core.requests import check_same_request
+from app.core.tracking import Tracking
+from app.errors import Forbidden, InvalidSpec, TaskNotFound
+from app.profiles import ModelProfile
+from app.runtime.base import AlreadyExists, Runtime, WorkloadState
+from app.schemas.training import TrainingStatus, TrainingTask, TrainRequest
+from models.datasets import dataset_scheme
+from models.spec import TrainSpec
+
+
+def find_profile(profiles: dict[str, ModelProfile], name: str) -> ModelProfile:
+    profile = profiles.get(name)
+    if profile is None:
+        raise InvalidSpec(
+            f"unknown model profile '{name}' (known: {', '.join(sorted(profiles))})", field="modelProfile"
+        )
+    return profile
+
+
+class TrainingService:
+    def __init__(self, runtime: Runtime, profiles: dict[str, ModelProfile], tracking: Tracking, refs: ClusterRefs):
+        self.runtime = runtime
+        self.profiles = profiles
+        self.tracking = tracking
+        self.refs = refs
+        # Run ids never change once found; keyed by the task's incarnation.
+        self._run_ids: dict[str, str] = {}
+
+    def plan(self, request: TrainRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The normalized request and the Job for it; raise InvalidSpec/Forbidden, change nothing."""
+        profile = find_profile(self.profiles, request.model_profile)
+        hyperparameters, problems = profile.resolve_hyperparameters(request.hyperparameters)
+        if problems:
+            name, problem = problems[0]
+            raise InvalidSpec(f"hyperparameters.{name} {problem}", field=f"hyperparameters.{name}")
+        image = request.trainer_image or profile.trainer.image
+        if not profile.trainer.allows_image(image):
+            allowed = ", ".join((profile.trainer.image, *profile.trainer.allowed_images))
+            raise Forbidden(
+                f"trainerImage '{image}' is not allowed for profile '{profile.name}' (allowed: {allowed})",
+                field="trainerImage",
+            )
+        dataset_path = self._dataset_path(request.dataset_path, profile)
+        spec = TrainSpec(
+            task_id=request.task_id,
+            experiment_name=request.experiment_name,
+            model_profile=profile.name,
+            handler=profile.handler,
+            dataset_path=dataset_path,
+            target_column=request.target_column,
+            custom_model_name=request.custom_model_name,
+            initial_model_uri=request.initial_model_file_path,
+            use_gpu=request.use_gpu,
+            hyperparameters=hyperparameters,
+        )
+        normalized = request.model_dump(by_alias=True) | {
+            "hyperparameters": hyperparameters,
+            "trainerImage": image,
+            "datasetPath": dataset_path,
+        }
+        return normalized, [training_job(spec, profile, image, normalized, self.refs)]
+
+    def _dataset_path(self, path: str, profile: ModelProfile) -> str:
+        scheme = dataset_scheme(path)
+        if scheme not in profile.dataset_schemes:
+            allowed = ", ".join(profile.dataset_schemes)
+            raise InvalidSpec(
+                f"datasetPath scheme '{scheme}' is not allowed for profile '{profile.name}' (allowed: {allowed})",
+                field="datasetPath",
+            )
+        if scheme in ("local", "file"):
+            if not self.runtime.allows_local_paths:
+                raise InvalidSpec("datasetPath must be an s3:// URI on this runtime", field="datasetPath")
+            local = Path(path.removeprefix("file://")).expanduser().resolve()
+            if not local.is_file():
+                raise InvalidSpec(f"datasetPath: no such file: {local}", field="datasetPath")
+            return str(local) if scheme == "local" else f"file://{local}"
+        return path
+
+    async def create(self, request: TrainRequest) -> tuple[TrainingTask, bool]:
+        """Create the task, or return it if the same request made it before; True when created."""
+        normalized, manifests = self.plan(request)
+        try:
+            state = await run_blocking(self.runtime.create, KIND_TRAINING, request.task_id, manifests)
+            created = True
+        except AlreadyExists as exists:
+            check_same_request("training", request.task_id, exists.existing.request, normalized)
+            state, created = exists.existing, False
+        return await self._task(state), created
+
+    async def get(self, task_id: str) -> TrainingTask:
+        state = await run_blocking(self.runtime.get, KIND_TRAINING, task_id)
+        if state is None:
+            raise TaskNotFound(f"no training task '{task_id}'", field="taskId")
+        return await self._task(state)
+
+    async def list(self) -> list[TrainingTask]:
+        states = await run_blocking(self.runtime.list, KIND_TRAINING)
+        return [await self._task(state) for state in states]
+
+    async def delete(self, task_id: str) -> None:
+        if not await run_blocking(self.runtime.delete, KIND_TRAINING, task_id):
+            raise TaskNotFound(f"no training task '{task_id}'", field="taskId")
+
+    async def logs(self, task_id: str, tail: int | None) -> str:
+        await self.get(task_id)
+        return await run_blocking(self.runtime.read_logs, KIND_TRAINING, task_id, tail)
+
+    async def follow_logs(self, task_id: str, tail: int | None) -> AsyncIterator[bytes]:
+        await self.get(task_id)
+        return self.runtime.follow_logs(KIND_TRAINING, task_id, tail)
+
+    async def _task(self, state: WorkloadState) -> TrainingTask:
+        request = state.request
+        run_id = self._run_ids.get(state.uid)
+        if run_id is None and state.phase != TrainingStatus.PENDING:
+            run_id = await run_blocking(self.tracking.find_task_run, request["experimentName"], state.task_id)
+            if run_id:
+                self._run_ids[state.uid] = run_id
+        return TrainingTask(
+            task_id=state.task_id,
+            status=TrainingStatus(state.phase),
+            message=state.message,
+            experiment_name=request["experimentName"],
+            model_profile=request["modelProfile"],
+            custom_model_name=request.get("customModelName"),
+            dataset_path=request["datasetPath"],
+            target_column=request.get("targetColumn"),
+            use_gpu=request.get("useGpu", False),
+            trainer_image=request["trainerImage"],
+            hyperparameters=request.get("hyperparameters", {}),
+            job_name=job_name(state.task_id),
+            created_at=state.created_at,
+            start_time=state.start_time,
+            completion_time=state.completion_time,
+            mlflow_run_id=run_id,
+        )

@@ -1,0 +1,110 @@
+"""Domain errors and the one table that maps them to HTTP statuses.
+
+Every error body has the same shape: {"error": {"code", "message", "field"?}}.
+"""
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class MlopsError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+
+class InvalidSpec(MlopsError):
+    status_code, code = 422, "invalid_spec"
+
+
+class Forbidden(MlopsError):
+    status_code, code = 403, "forbidden"
+
+
+class TaskNotFound(MlopsError):
+    status_code, code = 404, "not_found"
+
+
+class TaskConflict(MlopsError):
+    status_code, code = 409, "conflict"
+
+
+class PayloadTooLarge(MlopsError):
+    status_code, code = 413, "payload_too_large"
+
+
+class NotReady(MlopsError):
+    status_code, code = 503, "not_ready"
+
+    def __init__(self, message: str, *, retry_after: int = 2, field: str | None = None):
+        super().__init__(message, field=field, headers={"Retry-After": str(retry_after)})
+
+
+class DependencyUnavailable(MlopsError):
+    """MLflow or the cluster cannot be reached; nothing was changed."""
+
+    status_code, code = 503, "dependency_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5):
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class UpstreamTimeout(MlopsError):
+    status_code, code = 504, "upstream_timeout"
+
+
+class UpstreamError(MlopsError):
+    status_code, code = 502, "upstream_error"
+
+
+def error_body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    detail: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        detail["field"] = field
+    detail.update(extra)
+    return {"error": detail}
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    # Drop the "body"/"query"/"path" root; keep the wire (camelCase) names pydantic reports.
+    parts = [str(part) for part in loc[1:]] if loc and loc[0] in {"body", "query", "path"} else list(map(str, loc))
+    return ".".join(parts) or str(loc[0] if loc else "body")
+
+
+def _validation_message(error: dict[str, Any]) -> str:
+    message = str(error.get("msg", "invalid value"))
+    # pydantic prefixes messages of custom validators with "Value error, ".
+    return message.removeprefix("Value error, ")
+
+
+async def _mlops_error(_: Request, exc: MlopsError) -> ORJSONResponse:
+    return ORJSONResponse(error_body(exc.code, exc.message, exc.field), exc.status_code, headers=exc.headers)
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    errors = [
+        {"field": _field_path(tuple(err.get("loc", ()))), "message": _validation_message(err)} for err in exc.errors()
+    ]
+    first = errors[0] if errors else {"field": "body", "message": "invalid request"}
+    message = f"{first['field']}: {first['message']}"
+    return ORJSONResponse(error_body("invalid_request", message, first["field"], errors=errors), 422)
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
+    return ORJSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(MlopsError, _mlops_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]

@@ -1,0 +1,179 @@
+"""Model profiles: what a profile name means (handler, images, resources, GPU, hyperparameters).
+
+`model_profiles.yaml` is validated at start-up; a bad file stops the service with a message
+naming the profile and the field.
+"""
+
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ProfileError(Exception):
+    """The profiles file cannot be used; the message names the profile and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(_Strict):
+    requests: dict[str, str] = Field(default_factory=lambda: {"cpu": "250m", "memory": "512Mi"})
+    limits: dict[str, str] = Field(default_factory=lambda: {"cpu": "2", "memory": "4Gi"})
+
+    @field_validator("requests", "limits", mode="before")
+    @classmethod
+    def _quantities_as_strings(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: str(quantity) for key, quantity in value.items()}
+        return value
+
+
+class Toleration(_Strict):
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class GpuSettings(_Strict):
+    resource_name: str = "nvidia.com/gpu"
+    count: int = Field(default=1, ge=1)
+    runtime_class_name: str | None = "nvidia"
+    tolerations: tuple[Toleration, ...] = (Toleration(key="nvidia.com/gpu", effect="NoSchedule"),)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+
+
+class TrainerSettings(_Strict):
+    image: str
+    # Images a request's `trainerImage` may name: shell-style patterns (fnmatch).
+    allowed_images: tuple[str, ...] = ()
+    resources: Resources = Resources()
+    backoff_limit: int = Field(default=0, ge=0)
+    active_deadline_seconds: int = Field(default=6 * 3600, ge=1)
+    ttl_seconds_after_finished: int = Field(default=7 * 24 * 3600, ge=0)
+
+    def allows_image(self, image: str) -> bool:
+        return image == self.image or any(fnmatchcase(image, p) for p in self.allowed_images)
+
+
+class InferenceSettings(_Strict):
+    image: str
+    replicas: int = Field(default=1, ge=1, le=64)
+    port: int = Field(default=8080, ge=1, le=65535)
+    resources: Resources = Resources()
+    # How long the proxy waits for the model server before answering 504.
+    predict_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Largest predict request the proxy forwards, in bytes, and most rows the server accepts.
+    max_request_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    max_rows: int = Field(default=10_000, ge=1)
+
+
+class Hyperparameter(_Strict):
+    type: Literal["int", "float", "bool", "str"]
+    default: int | float | bool | str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> "Hyperparameter":
+        problem = self.check(self.default)
+        if problem:
+            raise ValueError(f"default {self.default!r}: {problem}")
+        return self
+
+    def check(self, value: Any) -> str | None:
+        """Return why `value` is not acceptable, or None when it is."""
+        if self.type == "bool":
+            return None if isinstance(value, bool) else "must be a boolean"
+        if self.type == "str":
+            if not isinstance(value, str):
+                return "must be a string"
+            if self.choices and value not in self.choices:
+                return f"must be one of {', '.join(self.choices)}"
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"must be a{'n integer' if self.type == 'int' else ' number'}"
+        if self.type == "int" and isinstance(value, float) and not value.is_integer():
+            return "must be an integer"
+        if self.min is not None and value < self.min:
+            return f"must be at least {self.min:g}"
+        if self.max is not None and value > self.max:
+            return f"must be at most {self.max:g}"
+        return None
+
+    def coerce(self, value: Any) -> Any:
+        return int(value) if self.type == "int" else float(value) if self.type == "float" else value
+
+
+DatasetScheme = Literal["local", "file", "s3"]
+
+
+class ModelProfile(_Strict):
+    name: str = ""
+    description: str = ""
+    # models/ handler that trains and serves this family.
+    handler: str
+    trainer: TrainerSettings
+    inference: InferenceSettings
+    gpu: GpuSettings = GpuSettings()
+    dataset_schemes: tuple[DatasetScheme, ...] = ("local", "file", "s3")
+    hyperparameters: dict[str, Hyperparameter] = Field(default_factory=dict)
+
+    def resolve_hyperparameters(self, given: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        """Merge `given` over the defaults; return the result and (name, problem) pairs."""
+        problems: list[tuple[str, str]] = []
+        resolved = {name: spec.default for name, spec in self.hyperparameters.items()}
+        for name, value in given.items():
+            spec = self.hyperparameters.get(name)
+            if spec is None:
+                known = ", ".join(sorted(self.hyperparameters)) or "none"
+                problems.append((name, f"is not a hyperparameter of profile '{self.name}' (known: {known})"))
+                continue
+            problem = spec.check(value)
+            if problem:
+                problems.append((name, problem))
+            else:
+                resolved[name] = spec.coerce(value)
+        return resolved, problems
+
+
+class ProfileFile(_Strict):
+    profiles: dict[str, ModelProfile]
+
+    @field_validator("profiles")
+    @classmethod
+    def _not_empty(cls, value: dict[str, ModelProfile]) -> dict[str, ModelProfile]:
+        if not value:
+            raise ValueError("at least one profile is required")
+        return value
+
+
+def load_profiles(path: Path, known_handlers: set[str] | None = None) -> dict[str, ModelProfile]:
+    """Read and validate the profiles file; raise ProfileError naming the profile and field."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ProfileError(f"cannot read profiles file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"profiles file {path} is not valid YAML: {exc}") from exc
+    try:
+        parsed = ProfileFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ProfileError(f"profiles file {path}: {where}: {first['msg']}") from exc
+    profiles = {name: profile.model_copy(update={"name": name}) for name, profile in parsed.profiles.items()}
+    if known_handlers is not None:
+        for name, profile in profiles.items():
+            if profile.handler not in known_handlers:
+                raise ProfileError(
+                    f"profiles file {path}: profiles.{name}.handler: unknown handler "
+                    f"'{profile.handler}' (known: {', '.join(sorted(known_handlers))})"
+                )
+    return profiles

@@ -1,0 +1,96 @@
+"""The runtime seam: what the task services need from wherever workloads run."""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass
+class WorkloadState:
+    """A task as the runtime sees it. `phase` is a TrainingStatus or DeploymentStatus value."""
+
+    kind: str
+    task_id: str
+    request: dict[str, Any]
+    phase: str
+    message: str | None = None
+    created_at: datetime | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    # Identity of this incarnation of the task (a re-created task gets a new one).
+    uid: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class AlreadyExists(Exception):
+    """A task with this id exists; `existing` is its state, for the idempotency rule."""
+
+    def __init__(self, existing: WorkloadState):
+        super().__init__(f"{existing.kind} task '{existing.task_id}' exists")
+        self.existing = existing
+
+
+class RuntimeUnavailable(Exception):
+    """The runtime's backend (the cluster API) cannot be reached or refused the call."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the predict proxy sends a task's requests, and whether it may."""
+
+    task_id: str
+    base_url: str
+    ready: bool
+    profile: str
+    message: str | None = None
+
+
+class EndpointCache:
+    """Inference endpoints by task id, kept in memory by the runtime: no lookup per predict."""
+
+    def __init__(self) -> None:
+        self._endpoints: dict[str, Endpoint] = {}
+
+    def get(self, task_id: str) -> Endpoint | None:
+        return self._endpoints.get(task_id)
+
+    def put(self, endpoint: Endpoint) -> None:
+        self._endpoints[endpoint.task_id] = endpoint
+
+    def remove(self, task_id: str) -> None:
+        self._endpoints.pop(task_id, None)
+
+    def mark_unready(self, task_id: str, message: str) -> None:
+        endpoint = self._endpoints.get(task_id)
+        if endpoint is not None and endpoint.ready:
+            self._endpoints[task_id] = Endpoint(endpoint.task_id, endpoint.base_url, False, endpoint.profile, message)
+
+    def task_ids(self) -> set[str]:
+        return set(self._endpoints)
+
+
+class Runtime(Protocol):
+    """Blocking methods run in a worker thread (see app/core/blocking.py); async ones on the loop."""
+
+    endpoints: EndpointCache
+    # Whether a dataset may be a path on the API's own filesystem.
+    allows_local_paths: bool
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def create(self, kind: str, task_id: str, manifests: list[dict[str, Any]]) -> WorkloadState:
+        """Make the objects real; raise AlreadyExists if the task id is taken."""
+        ...
+
+    def get(self, kind: str, task_id: str) -> WorkloadState | None: ...
+
+    def list(self, kind: str) -> list[WorkloadState]: ...
+
+    def delete(self, kind: str, task_id: str) -> bool: ...
+
+    def read_logs(self, kind: str, task_id: str, tail: int | None) -> str: ...
+
+    def follow_logs(self, kind: str, task_id: str, tail: int | None) -> AsyncIterator[bytes]: ...

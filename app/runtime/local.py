@@ -1,0 +1,456 @@
+"""LocalRuntime: the same manifests a cluster would receive, run as processes on this machine.
+
+A Job's or a Deployment's container becomes a `script/` process under a supervisor
+(app/runtime/local_supervisor.py) that outlives the API; a Service becomes a loopback port.
+Every task lives in DATA_DIR/tasks/<kind>/<task id>/, created with an atomic mkdir (so of two
+concurrent creates exactly one wins), which is all the state there is: a restarted API, or a
+second worker, sees every task again.
+"""
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from app.core.manifests import KIND_INFERENCE, KIND_TRAINING, LABEL_PROFILE, READINESS_PATH, request_of
+from app.runtime.base import AlreadyExists, Endpoint, EndpointCache, WorkloadState
+from app.runtime.local_supervisor import GRACE_SECONDS, write_json_atomic
+from app.schemas.inference import DeploymentStatus
+from app.schemas.training import TrainingStatus
+from app.settings import PROJECT_ROOT
+from models.spec import SERVE_HOST_ENV, SERVE_PORT_ENV, TERMINATION_LOG_ENV
+
+# A model server that crashed this many times without becoming ready is reported Failed
+# (it keeps being restarted, as a Deployment's pod would be).
+FAILED_AFTER_RESTARTS = 2
+READY_PROBE_EVERY_SECONDS = 2.0
+# Workload environment variables that only make sense inside a container.
+_CONTAINER_ONLY_ENV = {"HOME"}
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tail_lines(path: Path, tail: int | None) -> str:
+    try:
+        with path.open("rb") as file:
+            if tail is None:
+                return file.read().decode(errors="replace")
+            return b"".join(deque(file, maxlen=tail)).decode(errors="replace") if tail > 0 else ""
+    except FileNotFoundError:
+        return ""
+
+
+def _last_words(task_dir: Path) -> str | None:
+    """The workload's termination message, else its last log line (FallbackToLogsOnError)."""
+    try:
+        message = (task_dir / "termination.log").read_text().strip()
+    except FileNotFoundError:
+        message = ""
+    if not message:
+        lines = [line for line in _tail_lines(task_dir / "output.log", 20).splitlines() if line.strip()]
+        message = lines[-1].strip() if lines else ""
+    return message[-2000:] or None
+
+
+class LocalRuntime:
+    allows_local_paths = True
+
+    def __init__(
+        self,
+        data_dir: Path,
+        config_values: dict[str, str | None],
+        probe_interval: float = 0.5,
+        project_root: Path = PROJECT_ROOT,
+        python: str = sys.executable,
+    ):
+        self.root = Path(data_dir) / "tasks"
+        self.config_values = config_values
+        self.probe_interval = probe_interval
+        self.project_root = project_root
+        self.python = python
+        self.endpoints = EndpointCache()
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._last_probe: dict[str, float] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for kind in (KIND_TRAINING, KIND_INFERENCE):
+            (self.root / kind).mkdir(parents=True, exist_ok=True)
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
+        await asyncio.to_thread(self.reconcile)
+        self._loop_task = asyncio.create_task(self._reconcile_forever())
+
+    async def close(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._session:
+            await self._session.close()
+
+    # -- the Runtime contract --------------------------------------------------------------
+
+    def create(self, kind: str, task_id: str, manifests: list[dict[str, Any]]) -> WorkloadState:
+        task_dir = self._dir(kind, task_id)
+        task_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            task_dir.mkdir()
+        except FileExistsError:
+            existing = self._wait_for_state(kind, task_id)
+            if existing is None:  # deleted meanwhile: the caller may try again
+                raise
+            raise AlreadyExists(existing) from None
+        try:
+            record = {
+                "uid": uuid.uuid4().hex,
+                "createdAt": datetime.now(UTC).isoformat(),
+                "manifests": manifests,
+                "port": _free_port() if kind == KIND_INFERENCE else None,
+            }
+            write_json_atomic(task_dir / "process.json", self._process_spec(kind, task_dir, record))
+            write_json_atomic(task_dir / "task.json", record)
+            self._spawn_supervisor(task_dir)
+        except BaseException:
+            shutil.rmtree(task_dir, ignore_errors=True)
+            raise
+        if kind == KIND_INFERENCE:
+            self._put_endpoint(task_id, record, ready=False)
+        state = self._state(kind, task_id)
+        assert state is not None
+        return state
+
+    def get(self, kind: str, task_id: str) -> WorkloadState | None:
+        return self._state(kind, task_id)
+
+    def list(self, kind: str) -> list[WorkloadState]:
+        kind_dir = self.root / kind
+        states = [self._state(kind, path.name) for path in sorted(kind_dir.iterdir())] if kind_dir.exists() else []
+        return [state for state in states if state is not None]
+
+    def delete(self, kind: str, task_id: str) -> bool:
+        task_dir = self._dir(kind, task_id)
+        if not (task_dir / "task.json").exists():
+            return False
+        # Mark first, so that the reconcile loop never restarts what is being removed.
+        (task_dir / "deleting").touch()
+        self.endpoints.remove(task_id)
+        self._stop_supervisor(task_dir)
+        shutil.rmtree(task_dir, ignore_errors=True)
+        return True
+
+    def read_logs(self, kind: str, task_id: str, tail: int | None) -> str:
+        return _tail_lines(self._dir(kind, task_id) / "output.log", tail)
+
+    async def follow_logs(self, kind: str, task_id: str, tail: int | None) -> AsyncIterator[bytes]:
+        path = self._dir(kind, task_id) / "output.log"
+        first = await asyncio.to_thread(_tail_lines, path, tail)
+        if first:
+            yield first.encode()
+        offset = path.stat().st_size if path.exists() else 0
+        while True:
+            chunk = await asyncio.to_thread(self._read_from, path, offset)
+            if chunk:
+                offset += len(chunk)
+                yield chunk
+                continue
+            state = await asyncio.to_thread(self._state, kind, task_id)
+            if state is None or state.phase in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED):
+                rest = await asyncio.to_thread(self._read_from, path, offset)
+                if rest:
+                    yield rest
+                return
+            await asyncio.sleep(0.25)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _dir(self, kind: str, task_id: str) -> Path:
+        return self.root / kind / task_id
+
+    @staticmethod
+    def _read_from(path: Path, offset: int) -> bytes:
+        try:
+            with path.open("rb") as file:
+                file.seek(offset)
+                return file.read(1 << 20)
+        except FileNotFoundError:
+            return b""
+
+    def _wait_for_state(self, kind: str, task_id: str, timeout: float = 5.0) -> WorkloadState | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._dir(kind, task_id).exists():
+                return None
+            state = self._state(kind, task_id)
+            if state is not None:
+                return state
+            time.sleep(0.02)
+        return None
+
+    def _state(self, kind: str, task_id: str) -> WorkloadState | None:
+        task_dir = self._dir(kind, task_id)
+        record = _read_json(task_dir / "task.json")
+        if record is None or (task_dir / "deleting").exists():
+            return None
+        status = _read_json(task_dir / "status.json") or {}
+        alive = self._supervisor_alive(task_dir)
+        state = WorkloadState(
+            kind=kind,
+            task_id=task_id,
+            request=request_of(record["manifests"][0]),
+            phase="",
+            created_at=_parse_time(record.get("createdAt")),
+            start_time=_parse_time(status.get("firstStartedAt") or status.get("startedAt")),
+            uid=record["uid"],
+            extra={"port": record.get("port"), "restarts": status.get("restarts", 0)},
+        )
+        if kind == KIND_TRAINING:
+            self._training_phase(state, status, alive, task_dir)
+        else:
+            self._inference_phase(state, status, alive, task_dir)
+        return state
+
+    @staticmethod
+    def _training_phase(state: WorkloadState, status: dict[str, Any], alive: bool, task_dir: Path) -> None:
+        phase = status.get("phase")
+        if phase == "Exited":
+            state.completion_time = _parse_time(status.get("finishedAt"))
+            code = status.get("exitCode")
+            if code == 0:
+                state.phase = TrainingStatus.SUCCEEDED
+            else:
+                state.phase = TrainingStatus.FAILED
+                reason = "stopped by a signal" if code is not None and code < 0 else f"exited with code {code}"
+                words = _last_words(task_dir)
+                state.message = f"trainer {reason}: {words}" if words else f"trainer {reason}"
+        elif not alive:
+            state.phase = TrainingStatus.FAILED
+            state.message = "the trainer process stopped before it finished (its supervisor is gone)"
+        elif phase == "Running":
+            state.phase = TrainingStatus.RUNNING
+        else:
+            state.phase = TrainingStatus.PENDING
+            state.message = "starting the trainer process"
+
+    def _inference_phase(self, state: WorkloadState, status: dict[str, Any], alive: bool, task_dir: Path) -> None:
+        endpoint = self.endpoints.get(state.task_id)
+        restarts = status.get("restarts", 0)
+        if endpoint is not None and endpoint.ready:
+            state.phase = DeploymentStatus.READY
+        elif status.get("phase") in ("Exited", "BackOff") and restarts >= FAILED_AFTER_RESTARTS:
+            state.phase = DeploymentStatus.FAILED
+            words = _last_words(task_dir)
+            state.message = (
+                f"model server exited with code {status.get('exitCode')} and was restarted {restarts} times"
+                + (f": {words}" if words else "")
+            )
+        else:
+            state.phase = DeploymentStatus.PENDING
+            state.message = "model server is starting" if alive else "model server is being restarted"
+
+    # -- processes --------------------------------------------------------------------------
+
+    def _process_spec(self, kind: str, task_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+        workload = record["manifests"][0]
+        container = workload["spec"]["template"]["spec"]["containers"][0]
+        command = [*container["command"], *container.get("args", [])]
+        if command[0] == "python":
+            command[0] = self.python
+        env = dict(os.environ)
+        for item in container.get("env", []):
+            if item["name"] in _CONTAINER_ONLY_ENV:
+                continue
+            value = self._env_value(item)
+            if value is not None:
+                env[item["name"]] = value
+        env[TERMINATION_LOG_ENV] = str(task_dir / "termination.log")
+        if kind == KIND_INFERENCE:
+            env[SERVE_HOST_ENV] = "127.0.0.1"
+            env[SERVE_PORT_ENV] = str(record["port"])
+        return {
+            "command": command,
+            "env": env,
+            "cwd": str(self.project_root),
+            "restartPolicy": "Never" if kind == KIND_TRAINING else "Always",
+        }
+
+    def _env_value(self, item: dict[str, Any]) -> str | None:
+        if "value" in item:
+            return str(item["value"])
+        source = item.get("valueFrom", {})
+        if "configMapKeyRef" in source:
+            return self.config_values.get(source["configMapKeyRef"]["key"])
+        if "secretKeyRef" in source:
+            # Locally, credentials come from the API's own environment (e.g. AWS_ACCESS_KEY_ID).
+            return os.environ.get(source["secretKeyRef"]["key"])
+        return None
+
+    def _spawn_supervisor(self, task_dir: Path) -> None:
+        child = subprocess.Popen(
+            [self.python, "-m", "app.runtime.local_supervisor", str(task_dir)],
+            cwd=self.project_root,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # outlives the API and its Ctrl-C
+        )
+        self._children[child.pid] = child
+        write_json_atomic(task_dir / "supervisor.json", {"pid": child.pid, "startedAt": datetime.now(UTC).isoformat()})
+
+    def _supervisor_pid(self, task_dir: Path) -> int | None:
+        info = _read_json(task_dir / "supervisor.json")
+        return info.get("pid") if info else None
+
+    def _supervisor_alive(self, task_dir: Path) -> bool:
+        pid = self._supervisor_pid(task_dir)
+        if pid is None:
+            return False
+        child = self._children.get(pid)
+        if child is not None:
+            return child.poll() is None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        # The pid may have been reused by an unrelated process since.
+        return b"local_supervisor" in cmdline and str(task_dir).encode() in cmdline
+
+    def _stop_supervisor(self, task_dir: Path) -> None:
+        pid = self._supervisor_pid(task_dir)
+        if pid is None or not self._supervisor_alive(task_dir):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_SECONDS + 2
+        while time.monotonic() < deadline and self._group_alive(pid):
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        child = self._children.pop(pid, None)
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=2)
+
+    def _group_alive(self, pgid: int) -> bool:
+        child = self._children.get(pgid)
+        if child is not None:
+            child.poll()  # reap, so a finished supervisor is not counted as a zombie
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        # Only zombies left? Then the group is done.
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+        return False
+
+    # -- reconcile: endpoints, readiness, restarts -----------------------------------------
+
+    def _put_endpoint(self, task_id: str, record: dict[str, Any], ready: bool, message: str | None = None) -> None:
+        profile = record["manifests"][0]["metadata"]["labels"].get(LABEL_PROFILE, "")
+        url = f"http://127.0.0.1:{record['port']}"
+        self.endpoints.put(Endpoint(task_id, url, ready, profile, message))
+
+    def reconcile(self) -> None:
+        """Bring the endpoint cache in line with the data directory; restart dead model servers."""
+        for pid, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[pid]
+        kind_dir = self.root / KIND_INFERENCE
+        present = set()
+        for task_dir in kind_dir.iterdir() if kind_dir.exists() else ():
+            record = _read_json(task_dir / "task.json")
+            if record is None or (task_dir / "deleting").exists():
+                continue
+            task_id = task_dir.name
+            present.add(task_id)
+            if self.endpoints.get(task_id) is None:
+                self._put_endpoint(task_id, record, ready=False)
+            if not self._supervisor_alive(task_dir):
+                self._restart_supervisor(task_dir)
+        for task_id in self.endpoints.task_ids() - present:
+            self.endpoints.remove(task_id)
+
+    def _restart_supervisor(self, task_dir: Path) -> None:
+        # Several API workers may notice at once: one restarts it, under a lock.
+        with open(task_dir / "lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (task_dir / "deleting").exists() or self._supervisor_alive(task_dir):
+                return
+            self._spawn_supervisor(task_dir)
+
+    async def _probe(self, endpoint: Endpoint) -> None:
+        assert self._session is not None
+        ready, message = False, "model server is not answering yet"
+        try:
+            async with self._session.get(endpoint.base_url + READINESS_PATH) as response:
+                ready = response.status == 200
+                if not ready:
+                    message = f"model server is loading (readiness answered {response.status})"
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+        current = self.endpoints.get(endpoint.task_id)
+        if current is not None and current.base_url == endpoint.base_url:
+            self.endpoints.put(Endpoint(endpoint.task_id, endpoint.base_url, ready, endpoint.profile, message))
+
+    async def probe_all(self) -> None:
+        now = time.monotonic()
+        due = []
+        for task_id in self.endpoints.task_ids():
+            endpoint = self.endpoints.get(task_id)
+            if endpoint is None:
+                continue
+            if endpoint.ready and now - self._last_probe.get(task_id, 0) < READY_PROBE_EVERY_SECONDS:
+                continue
+            self._last_probe[task_id] = now
+            due.append(self._probe(endpoint))
+        await asyncio.gather(*due)
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.reconcile)
+                await self.probe_all()
+            except Exception as exc:  # keep the loop alive; say why once per failure
+                print(f"local runtime: reconcile failed: {exc!r}", file=sys.stderr)
+            await asyncio.sleep(self.probe_interval)

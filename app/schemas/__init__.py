@@ -1,0 +1,1 @@
+"""Wire models: camelCase JSON on the wire, snake_case in Python."""

@@ -1,0 +1,41 @@
+"""Bodies of the inference routes (/api/v1/inference/...)."""
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import Field
+
+from app.schemas.common import CamelModel, KubernetesId, StrictCamelModel
+
+
+class DeployRequest(StrictCamelModel):
+    task_id: KubernetesId
+    model_id: KubernetesId
+    mlflow_run_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    model_profile: str = Field(min_length=1, max_length=128)
+    use_gpu: bool = False
+    replicas: int | None = Field(default=None, ge=1, le=64)
+
+
+class DeploymentStatus(StrEnum):
+    PENDING = "Pending"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+class DeploymentTask(CamelModel):
+    task_id: str
+    model_id: str
+    mlflow_run_id: str
+    model_profile: str
+    use_gpu: bool
+    replicas: int
+    status: DeploymentStatus
+    message: str | None = None
+    service_name: str
+    predict_path: str
+    created_at: datetime | None = None
+
+
+class DeploymentTaskList(CamelModel):
+    items: list[DeploymentTask]

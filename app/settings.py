@@ -1,0 +1,44 @@
+"""Settings of the control plane, read once from MLOPS_* environment variables."""
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class RuntimeKind(StrEnum):
+    LOCAL = "local"
+    KUBERNETES = "kubernetes"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MLOPS_", extra="ignore")
+
+    runtime: RuntimeKind = RuntimeKind.LOCAL
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    log_level: str = "info"
+
+    profiles_path: Path = PROJECT_ROOT / "model_profiles.yaml"
+    # Unset: `python -m app` starts an embedded MLflow server (SQLite + local artifacts).
+    mlflow_uri: str | None = None
+    mlflow_port: int = 5000
+    s3_endpoint_url: str | None = None
+
+    # Local runtime: tasks, logs, the embedded MLflow database and artifacts live here.
+    data_dir: Path = PROJECT_ROOT / ".mlops"
+    # How often the local runtime checks its processes and its readiness probes.
+    local_probe_interval_seconds: float = Field(default=0.5, gt=0)
+
+    # Kubernetes runtime.
+    namespace: str | None = None
+    # ConfigMap and Secret the workload pods read by reference (see kubernetes/).
+    config_map_name: str = "mlops-config"
+    s3_secret_name: str = "mlops-s3-credentials"
+
+    # Upper bound of any request body the API accepts, in bytes.
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)

@@ -1,0 +1,50 @@
+"""What the control plane hands a workload: the task's spec, as JSON in one environment variable.
+
+Hyperparameters and paths travel as data, never as text spliced into a command line.
+"""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TRAIN_SPEC_ENV = "MLOPS_TRAIN_SPEC"
+SERVE_SPEC_ENV = "MLOPS_SERVE_SPEC"
+SERVE_HOST_ENV = "MLOPS_SERVE_HOST"
+SERVE_PORT_ENV = "MLOPS_SERVE_PORT"
+# Kubernetes reads a container's last words from this file (terminationMessagePath).
+TERMINATION_LOG_ENV = "MLOPS_TERMINATION_LOG"
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+
+# MLflow run tags that tie a run to the task that made it.
+TASK_ID_TAG = "mlops.task_id"
+PROFILE_TAG = "mlops.model_profile"
+HANDLER_TAG = "mlops.handler"
+MODEL_ARTIFACT_PATH = "model"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainSpec(_Spec):
+    task_id: str
+    experiment_name: str
+    model_profile: str
+    handler: str
+    dataset_path: str
+    target_column: str | None = None
+    custom_model_name: str | None = None
+    initial_model_uri: str | None = None
+    use_gpu: bool = False
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServeSpec(_Spec):
+    task_id: str
+    model_id: str
+    model_uri: str
+    model_profile: str
+    handler: str
+    max_rows: int = 10_000
+    max_request_bytes: int = 8 * 1024 * 1024
+    use_gpu: bool = False
