@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -58,6 +58,12 @@ class DependencyUnavailable(MlopsError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class ClusterPermissionDenied(MlopsError):
+    """The control plane's own ServiceAccount may not do what the request needs (RBAC)."""
+
+    status_code, code = 503, "cluster_permission_denied"
+
+
 class UpstreamTimeout(MlopsError):
     status_code, code = 504, "upstream_timeout"
 
@@ -86,22 +92,22 @@ def _validation_message(error: dict[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
-async def _mlops_error(_: Request, exc: MlopsError) -> ORJSONResponse:
-    return ORJSONResponse(error_body(exc.code, exc.message, exc.field), exc.status_code, headers=exc.headers)
+async def _mlops_error(_: Request, exc: MlopsError) -> JSONResponse:
+    return JSONResponse(error_body(exc.code, exc.message, exc.field), exc.status_code, headers=exc.headers)
 
 
-async def _validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = [
         {"field": _field_path(tuple(err.get("loc", ()))), "message": _validation_message(err)} for err in exc.errors()
     ]
     first = errors[0] if errors else {"field": "body", "message": "invalid request"}
     message = f"{first['field']}: {first['message']}"
-    return ORJSONResponse(error_body("invalid_request", message, first["field"], errors=errors), 422)
+    return JSONResponse(error_body("invalid_request", message, first["field"], errors=errors), 422)
 
 
-async def _http_error(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
-    return ORJSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
+    return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
 
 
 def install_error_handlers(app: FastAPI) -> None:

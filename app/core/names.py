@@ -9,7 +9,7 @@ INFERENCE_PREFIX = "infer-"
 MAX_NAME_LENGTH = 63
 MAX_ID_LENGTH = MAX_NAME_LENGTH - max(len(JOB_PREFIX), len(INFERENCE_PREFIX))
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 ID_RULE = (
     f"must be lowercase letters, digits and '-', start and end with a letter or digit, "
@@ -23,7 +23,7 @@ def id_problem(value: str) -> str | None:
         return "must not be empty"
     if len(value) > MAX_ID_LENGTH:
         return f"is {len(value)} characters; {ID_RULE}"
-    if not _DNS_LABEL.match(value):
+    if not _DNS_LABEL.fullmatch(value):
         return ID_RULE
     return None
 

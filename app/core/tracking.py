@@ -3,11 +3,15 @@
 Blocking (the MLflow client speaks HTTP synchronously): call through run_blocking.
 """
 
+import logging
 import os
+import time
 from dataclasses import dataclass
 
 from app.errors import DependencyUnavailable
 from models.spec import PROFILE_TAG, TASK_ID_TAG
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,16 +49,24 @@ class Tracking:
 
     def find_task_run(self, experiment_name: str, task_id: str) -> str | None:
         """Id of the newest run tagged with this task id, or None (also when MLflow is down)."""
-        try:
-            experiment = self.client.get_experiment_by_name(experiment_name)
-            if experiment is None:
-                return None
-            runs = self.client.search_runs(
-                [experiment.experiment_id],
-                filter_string=f"tags.`{TASK_ID_TAG}` = '{task_id}'",
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
-        except Exception:
+        for attempt in range(2):
+            try:
+                return self._find_task_run(experiment_name, task_id)
+            except Exception as exc:  # a status read must not fail because MLflow hiccups
+                if attempt:
+                    log.warning("looking up the MLflow run of task %s failed: %s", task_id, exc)
+                else:
+                    time.sleep(0.2)  # SQLite-backed servers refuse reads briefly under concurrent writes
+        return None
+
+    def _find_task_run(self, experiment_name: str, task_id: str) -> str | None:
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        if experiment is None:
             return None
+        runs = self.client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{TASK_ID_TAG}` = '{task_id}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         return runs[0].info.run_id if runs else None

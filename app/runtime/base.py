@@ -31,10 +31,6 @@ class AlreadyExists(Exception):
         self.existing = existing
 
 
-class RuntimeUnavailable(Exception):
-    """The runtime's backend (the cluster API) cannot be reached or refused the call."""
-
-
 @dataclass(frozen=True)
 class Endpoint:
     """Where the predict proxy sends a task's requests, and whether it may."""
