@@ -1,0 +1,421 @@
+#!/usr/bin/env bash
+# deploy_all_k3s.sh: installs the whole MLOps platform into one namespace of a k3s cluster (any
+# cluster reachable with kubectl works; the image step has a k3s and a registry mode):
+#   1. checks the tools it needs,
+#   2. creates the namespace and the credential Secrets (random values) when they are absent,
+#   3. builds the images (docker/build_images.sh) and makes them available to the cluster:
+#      imported into k3s's containerd, or pushed to the registry,
+#   4. applies kubernetes/base through a generated overlay that sets the namespace,
+#   5. waits for every rollout and prints how to reach the API and MLflow.
+# Running it again changes nothing that is already in place: existing Secrets are kept, and the
+# applied manifests are the same unless the sources or the images changed.
+set -euo pipefail
+
+readonly SCRIPT_NAME="deploy_all_k3s.sh"
+readonly DEFAULT_REGISTRY="localhost:5002"
+readonly DEFAULT_TIMEOUT_SECONDS=300
+readonly PART_OF="mlops-platform"
+# The images the cluster runs (gpu-base is only the base the workload images are built on).
+readonly RUNTIME_IMAGES=(fastapi-mlops-api mlflow-trainer mlflow-inference)
+
+ROOT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+WORK_DIR=""
+
+usage() {
+    cat <<EOF
+Usage: ./${SCRIPT_NAME} [OPTIONS] [NAMESPACE]
+
+Install the MLOps platform (PostgreSQL, MinIO, MLflow and the fastapi-mlops-api control plane)
+into NAMESPACE (default: default), creating it when absent.
+
+Options:
+  --skip-build          use the images already in the cluster's reach: build, import and push nothing
+  --image-load MODE     how built images reach the cluster (default: \$MLOPS_IMAGE_LOAD or auto):
+                          k3s       docker save | k3s ctr images import -  (this node's containerd; uses sudo when not root)
+                          registry  docker push to \$MLOPS_REGISTRY (k3s must be able to pull from it)
+                          auto      k3s when the k3s command is here, otherwise registry
+  --timeout SECONDS     how long to wait for each rollout (default: ${DEFAULT_TIMEOUT_SECONDS})
+  --render              print the manifests that would be applied to NAMESPACE and exit
+                        (no cluster access; needs only kubectl)
+  -h, --help            show this help
+
+Environment:
+  MLOPS_REGISTRY        registry prefix of the image names (default: ${DEFAULT_REGISTRY})
+  MLOPS_IMAGE_LOAD      default of --image-load
+
+Afterwards:
+  ./monitor_all.sh NAMESPACE                                            status at a glance
+  kubectl port-forward svc/fastapi-mlops-api-service 8000:80 -n NAMESPACE  then http://localhost:8000/docs
+  ./clear_all_k3s.sh NAMESPACE                                          remove it again
+EOF
+}
+
+die() {
+    echo "${SCRIPT_NAME}: $*" >&2
+    exit 1
+}
+
+die_usage() {
+    echo "${SCRIPT_NAME}: $*" >&2
+    echo "Try './${SCRIPT_NAME} --help'." >&2
+    exit 2
+}
+
+log() {
+    printf '==> %s\n' "$*"
+}
+
+cleanup() {
+    if [[ -n $WORK_DIR ]]; then
+        rm -rf -- "$WORK_DIR"
+    fi
+}
+
+# A namespace name is a DNS-1123 label; checking it here also makes it safe in YAML and argv.
+validate_namespace() {
+    local ns=$1
+    if ((${#ns} > 63)) || [[ ! $ns =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]]; then
+        die_usage "invalid namespace '${ns}': a namespace is a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"
+    fi
+}
+
+parse_args() {
+    NAMESPACE=""
+    SKIP_BUILD=false
+    RENDER_ONLY=false
+    IMAGE_LOAD=${MLOPS_IMAGE_LOAD:-auto}
+    TIMEOUT_SECONDS=$DEFAULT_TIMEOUT_SECONDS
+    while (($#)); do
+        case $1 in
+            -h | --help) usage; exit 0 ;;
+            --skip-build) SKIP_BUILD=true ;;
+            --render) RENDER_ONLY=true ;;
+            --image-load) (($# > 1)) || die_usage "--image-load needs a value"; IMAGE_LOAD=$2; shift ;;
+            --image-load=*) IMAGE_LOAD=${1#*=} ;;
+            --timeout) (($# > 1)) || die_usage "--timeout needs a value"; TIMEOUT_SECONDS=$2; shift ;;
+            --timeout=*) TIMEOUT_SECONDS=${1#*=} ;;
+            --) shift; break ;;
+            -*) die_usage "unknown option '$1'" ;;
+            *) set_namespace_arg "$1" ;;
+        esac
+        shift
+    done
+    while (($#)); do
+        set_namespace_arg "$1"
+        shift
+    done
+    NAMESPACE=${NAMESPACE:-default}
+    validate_namespace "$NAMESPACE"
+    [[ $TIMEOUT_SECONDS =~ ^[1-9][0-9]*$ ]] || die_usage "--timeout must be a whole number of seconds, not '${TIMEOUT_SECONDS}'"
+    case $IMAGE_LOAD in
+        auto | k3s | registry) ;;
+        *) die_usage "--image-load must be k3s, registry or auto, not '${IMAGE_LOAD}'" ;;
+    esac
+    REGISTRY=${MLOPS_REGISTRY:-$DEFAULT_REGISTRY}
+    # The prefix is written into the overlay YAML and image names: allow only what they allow.
+    if [[ ! $REGISTRY =~ ^[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)*$ ]]; then
+        die_usage "MLOPS_REGISTRY='${REGISTRY}' is not a valid registry prefix (e.g. localhost:5002 or registry.example.com/team)"
+    fi
+}
+
+set_namespace_arg() {
+    [[ -n $1 ]] || die_usage "the namespace must not be empty"
+    [[ -z $NAMESPACE ]] || die_usage "only one namespace may be given (got '${NAMESPACE}' and '$1')"
+    NAMESPACE=$1
+}
+
+resolve_image_load() {
+    if [[ $IMAGE_LOAD == auto ]]; then
+        if command -v k3s >/dev/null 2>&1; then IMAGE_LOAD=k3s; else IMAGE_LOAD=registry; fi
+    fi
+}
+
+# Names every missing tool at once, each with what it is needed for.
+check_tools() {
+    local missing=()
+    command -v kubectl >/dev/null 2>&1 ||
+        missing+=("kubectl: talks to the cluster (install kubectl, or on a k3s node link it to 'k3s kubectl')")
+    if [[ $RENDER_ONLY == false && $SKIP_BUILD == false ]]; then
+        command -v docker >/dev/null 2>&1 ||
+            missing+=("docker: builds the images (install Docker, or deploy with --skip-build when the images are already in the cluster)")
+        if [[ $IMAGE_LOAD == k3s ]]; then
+            command -v k3s >/dev/null 2>&1 ||
+                missing+=("k3s: imports the images into k3s's containerd (or use --image-load registry)")
+            if ((EUID != 0)); then
+                command -v sudo >/dev/null 2>&1 ||
+                    missing+=("sudo: 'k3s ctr images import' needs root (or run this script as root)")
+            fi
+        fi
+    fi
+    if ((${#missing[@]})); then
+        local tool
+        for tool in "${missing[@]}"; do
+            echo "${SCRIPT_NAME}: missing ${tool}" >&2
+        done
+        exit 1
+    fi
+}
+
+# The hex digits od prints are safe in URLs (MLflow's database URI) and need no quoting.
+random_hex() {
+    od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'
+}
+
+# object_exists KIND NAME: whether the object is in the namespace; dies when the cluster cannot
+# be asked (--ignore-not-found makes "absent" an empty answer rather than an error).
+object_exists() {
+    local found
+    found=$(kubectl get "$1" "$2" --namespace "$NAMESPACE" --ignore-not-found --output name) ||
+        die "cannot read $1/$2 in namespace '${NAMESPACE}' (is the cluster reachable? on k3s: export KUBECONFIG=/etc/rancher/k3s/k3s.yaml)"
+    [[ -n $found ]]
+}
+
+ensure_namespace() {
+    local found
+    found=$(kubectl get namespace "$NAMESPACE" --ignore-not-found --output name) ||
+        die "cannot reach the cluster with kubectl (check KUBECONFIG; on k3s: export KUBECONFIG=/etc/rancher/k3s/k3s.yaml)"
+    if [[ -n $found ]]; then
+        log "Namespace ${NAMESPACE} exists"
+        return
+    fi
+    log "Creating namespace ${NAMESPACE}"
+    # The label tells clear_all_k3s.sh --purge that this script created the namespace.
+    kubectl create --filename - <<EOF
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: "${NAMESPACE}"
+  labels:
+    mlops.dev/created-by: deploy_all_k3s
+EOF
+}
+
+# create_secret NAME KEY=VALUE...: the manifest goes through stdin, so no value is ever on a
+# command line, where ps would show it.
+create_secret() {
+    local name=$1
+    shift
+    local pair manifest
+    manifest="apiVersion: v1
+kind: Secret
+metadata:
+  name: ${name}
+  labels:
+    app.kubernetes.io/name: ${name}
+    app.kubernetes.io/part-of: ${PART_OF}
+type: Opaque
+stringData:"
+    for pair in "$@"; do
+        manifest+=$'\n'"  ${pair%%=*}: \"${pair#*=}\""
+    done
+    kubectl create --namespace "$NAMESPACE" --filename - <<<"$manifest"
+}
+
+ensure_secrets() {
+    local access_key secret_key password
+    if object_exists secret mlops-s3-credentials; then
+        log "Secret mlops-s3-credentials exists: kept"
+    else
+        log "Creating Secret mlops-s3-credentials (random MinIO root credentials)"
+        access_key=$(random_hex 8)
+        secret_key=$(random_hex 20)
+        create_secret mlops-s3-credentials \
+            "AWS_ACCESS_KEY_ID=mlops${access_key}" \
+            "AWS_SECRET_ACCESS_KEY=${secret_key}"
+    fi
+    if object_exists secret mlops-postgres-credentials; then
+        log "Secret mlops-postgres-credentials exists: kept"
+    else
+        log "Creating Secret mlops-postgres-credentials (random password)"
+        password=$(random_hex 16)
+        create_secret mlops-postgres-credentials \
+            "POSTGRES_USER=mlflow" \
+            "POSTGRES_PASSWORD=${password}" \
+            "POSTGRES_DB=mlflow"
+    fi
+}
+
+image_ref() {
+    echo "${REGISTRY}/$1:latest"
+}
+
+as_root() {
+    if ((EUID == 0)); then "$@"; else sudo "$@"; fi
+}
+
+build_and_load_images() {
+    if [[ $SKIP_BUILD == true ]]; then
+        log "Images: skipped (--skip-build)"
+        return
+    fi
+    log "Building images (registry prefix ${REGISTRY})"
+    MLOPS_REGISTRY="$REGISTRY" "${ROOT_DIR}/docker/build_images.sh"
+    local refs=() image
+    for image in "${RUNTIME_IMAGES[@]}"; do
+        refs+=("$(image_ref "$image")")
+    done
+    case $IMAGE_LOAD in
+        k3s)
+            log "Importing ${refs[*]} into k3s's containerd"
+            # One archive for all three: the workload images share the gpu-base layers.
+            docker save "${refs[@]}" | as_root k3s ctr images import -
+            ;;
+        registry)
+            for image in "${refs[@]}"; do
+                log "Pushing ${image}"
+                docker push "$image"
+            done
+            ;;
+        *) die "unknown image load mode '${IMAGE_LOAD}'" ;;
+    esac
+}
+
+# The control plane image's ID, written into its pod template so that a rebuilt image rolls
+# the pods (its tag, :latest, does not change) and an unchanged one leaves them alone. With
+# --skip-build the ID already on the Deployment is kept.
+api_image_id() {
+    local id
+    if [[ $SKIP_BUILD == false ]]; then
+        id=$(docker image inspect --format '{{.Id}}' "$(image_ref fastapi-mlops-api)")
+    else
+        id=$(kubectl get deployment fastapi-mlops-api --namespace "$NAMESPACE" --ignore-not-found \
+            --output 'jsonpath={.spec.template.metadata.annotations.mlops\.dev/image-id}')
+    fi
+    if [[ -n $id && ! $id =~ ^[A-Za-z0-9:]+$ ]]; then
+        die "unexpected image ID '${id}'"
+    fi
+    echo "$id"
+}
+
+# write_overlay DIR IMAGE_ID: a copy of kubernetes/base plus an overlay that sets the namespace
+# (kustomize then also rewrites the RoleBinding's subject), ships the repository's current
+# model_profiles.yaml, and applies the registry prefix and the control plane's image ID.
+write_overlay() {
+    local dir=$1 image_id=$2
+    cp -R "${ROOT_DIR}/kubernetes/base" "${dir}/base"
+    # The profiles name the workload images with the default prefix: give them MLOPS_REGISTRY's.
+    # (REGISTRY holds no character that sed's replacement would interpret.)
+    sed "s#${DEFAULT_REGISTRY}/#${REGISTRY}/#g" "${ROOT_DIR}/model_profiles.yaml" >"${dir}/base/model_profiles.yaml"
+    mkdir "${dir}/overlay"
+    {
+        cat <<EOF
+# Generated by ${SCRIPT_NAME}.
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: "${NAMESPACE}"
+resources:
+  - ../base
+EOF
+        if [[ $REGISTRY != "$DEFAULT_REGISTRY" ]]; then
+            cat <<EOF
+images:
+  - name: ${DEFAULT_REGISTRY}/fastapi-mlops-api
+    newName: ${REGISTRY}/fastapi-mlops-api
+EOF
+        fi
+        # kustomize rewrites the RoleBinding's subject namespace as a bare YAML scalar, so a
+        # valid name such as 123, 1e3 or null would come out as a number or null: set it again
+        # as a quoted string.
+        cat <<EOF
+patches:
+  - target:
+      kind: RoleBinding
+      name: fastapi-mlops-api
+    patch: |-
+      - op: replace
+        path: /subjects/0/namespace
+        value: "${NAMESPACE}"
+EOF
+        if [[ -n $image_id || $IMAGE_LOAD == registry ]]; then
+            cat <<EOF
+  - patch: |-
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata:
+        name: fastapi-mlops-api
+      spec:
+        template:
+EOF
+            if [[ -n $image_id ]]; then
+                cat <<EOF
+          metadata:
+            annotations:
+              mlops.dev/image-id: "${image_id}"
+EOF
+            fi
+            # From a registry, a node that has an older :latest must pull the new one.
+            if [[ $IMAGE_LOAD == registry ]]; then
+                cat <<EOF
+          spec:
+            containers:
+              - name: api
+                imagePullPolicy: Always
+EOF
+            fi
+        fi
+    } >"${dir}/overlay/kustomization.yaml"
+}
+
+apply_manifests() {
+    local image_id
+    image_id=$(api_image_id)
+    write_overlay "$WORK_DIR" "$image_id"
+    log "Applying kubernetes/base to namespace ${NAMESPACE}"
+    kubectl apply --kustomize "${WORK_DIR}/overlay"
+}
+
+wait_for_rollouts() {
+    local target
+    for target in statefulset/postgres statefulset/minio; do
+        log "Waiting for ${target}"
+        kubectl rollout status "$target" --namespace "$NAMESPACE" --timeout "${TIMEOUT_SECONDS}s" ||
+            die "${target} is not ready after ${TIMEOUT_SECONDS}s: see ./monitor_all.sh ${NAMESPACE}"
+    done
+    log "Waiting for job/minio-create-buckets"
+    kubectl wait --for condition=complete job/minio-create-buckets --namespace "$NAMESPACE" \
+        --timeout "${TIMEOUT_SECONDS}s" ||
+        die "the bucket Job did not complete after ${TIMEOUT_SECONDS}s: kubectl logs job/minio-create-buckets -n ${NAMESPACE}"
+    for target in deployment/mlflow deployment/fastapi-mlops-api; do
+        log "Waiting for ${target}"
+        kubectl rollout status "$target" --namespace "$NAMESPACE" --timeout "${TIMEOUT_SECONDS}s" ||
+            die "${target} is not ready after ${TIMEOUT_SECONDS}s: see ./monitor_all.sh ${NAMESPACE}"
+    done
+}
+
+print_access() {
+    cat <<EOF
+
+The MLOps platform is running in namespace '${NAMESPACE}'.
+  API (docs at http://localhost:8000/docs):
+    kubectl port-forward svc/fastapi-mlops-api-service 8000:80 -n ${NAMESPACE}
+  MLflow UI (http://localhost:5000):
+    kubectl port-forward svc/mlflow 5000:5000 -n ${NAMESPACE}
+  MinIO console (http://localhost:9001; user and password in Secret mlops-s3-credentials):
+    kubectl port-forward svc/minio 9001:9001 -n ${NAMESPACE}
+  Status:  ./monitor_all.sh ${NAMESPACE}
+  Removal: ./clear_all_k3s.sh ${NAMESPACE}
+EOF
+}
+
+main() {
+    parse_args "$@"
+    resolve_image_load
+    check_tools
+    WORK_DIR=$(mktemp -d)
+    trap cleanup EXIT
+
+    if [[ $RENDER_ONLY == true ]]; then
+        write_overlay "$WORK_DIR" ""
+        kubectl kustomize "${WORK_DIR}/overlay"
+        return
+    fi
+
+    ensure_namespace
+    ensure_secrets
+    build_and_load_images
+    apply_manifests
+    wait_for_rollouts
+    print_access
+}
+
+main "$@"

