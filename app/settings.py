@@ -2,6 +2,7 @@
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,7 +36,18 @@ class Settings(BaseSettings):
     local_probe_interval_seconds: float = Field(default=0.5, gt=0)
 
     # Kubernetes runtime.
+    # Unset: the pod's own namespace in a cluster, else the kubeconfig context's, else "default".
     namespace: str | None = None
+    # Outside a cluster: which kubeconfig file and context (unset: $KUBECONFIG or ~/.kube/config, and
+    # its current context). Setting kubeconfig also makes a pod use it instead of its ServiceAccount.
+    kubeconfig: Path | None = None
+    kube_context: str | None = None
+    # How predict requests reach a model's Service: "service-dns" (http://<svc>.<ns>.svc, from inside
+    # the cluster), "api-proxy" (the API server's service proxy, with the kubeconfig's credentials,
+    # so a developer's laptop can predict), "auto" (service-dns in a pod, else api-proxy).
+    predict_route: Literal["auto", "service-dns", "api-proxy"] = "auto"
+    # Longest a single Kubernetes API request may take; transient failures are retried a few times.
+    kube_request_timeout_seconds: float = Field(default=10.0, gt=0)
     # ConfigMap and Secret the workload pods read by reference (see kubernetes/).
     config_map_name: str = "mlops-config"
     s3_secret_name: str = "mlops-s3-credentials"

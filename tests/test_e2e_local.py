@@ -2,6 +2,8 @@
 MLflow server, real trainer and model-server processes."""
 
 import json
+import os
+import signal
 import threading
 from pathlib import Path
 
@@ -93,9 +95,9 @@ def test_seed_walkthrough_train_deploy_predict_restart_delete(api_factory, tmp_p
     api = api_factory()
     with api.client() as client:
         assert client.get("/api/v1/train/jobs/train-reg-01/status").json()["status"] == "Succeeded"
-        assert [d["taskId"] for d in client.get("/api/v1/inference/deployments").json()["items"]] == ["deploy-reg-01"]
-        wait_for_deployment(client, "deploy-reg-01")
-        assert client.post("/api/v1/inference/deploy-reg-01/predict", json=SEED_PREDICT_BODY).status_code == 200
+        deployments = client.get("/api/v1/inference/deployments").json()["items"]
+        assert [(d["taskId"], d["status"]) for d in deployments] == [("deploy-reg-01", "Ready")]
+        assert client.post("/api/v1/inference/deploy-reg-01/predict", json=SEED_PREDICT_BODY).json() == answer.json()
 
         assert client.delete("/api/v1/inference/deployments/deploy-reg-01").status_code == 200
         assert client.get("/api/v1/inference/deployments/deploy-reg-01").status_code == 404
@@ -128,6 +130,18 @@ def test_classifier_predicts_labels_and_probabilities(api, tmp_path: Path) -> No
         assert result["predictions"] == ["setosa", "versicolor", "virginica"]
         assert result["classes"] == ["setosa", "versicolor", "virginica"]
         assert all(abs(sum(p) - 1) < 1e-6 for p in result["probabilities"])
+
+        # The model server dies: predicts get 503 with Retry-After until it is back, by itself.
+        status_file = api.data_dir / "tasks" / "inference" / "deploy-cls" / "status.json"
+        os.kill(json.loads(status_file.read_text())["pid"], signal.SIGKILL)
+        down = client.post("/api/v1/inference/deploy-cls/predict", json={"data": {"features": rows}})
+        assert down.status_code in (200, 503), down.text  # 200 only if it was restarted already
+        if down.status_code == 503:
+            assert down.headers["retry-after"]
+        wait_until(lambda: client.post("/api/v1/inference/deploy-cls/predict",
+                                       json={"data": {"features": rows}}).status_code == 200,
+                   timeout=60, what="the model server to be restarted")
+        assert client.get("/api/v1/inference/deployments/deploy-cls").json()["status"] == "Ready"
 
 
 def test_trainer_error_is_the_status_message(api, tmp_path: Path) -> None:

@@ -54,22 +54,30 @@ class PredictProxy:
             raise PayloadTooLarge(f"predict body is {len(body)} bytes; the profile allows {limit}")
         assert self._session is not None, "proxy not started"
         timeout = self._timeouts.get(endpoint.profile, self._default_timeout)
-        try:
-            async with self._session.post(
-                endpoint.base_url + path, data=body, headers={"Content-Type": content_type}, timeout=timeout
-            ) as response:
-                payload = await response.read()
-                status = response.status
-                upstream_type = response.headers.get("Content-Type", "application/json")
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"model server of '{task_id}' did not answer within {timeout.total:g} s"
-            ) from None
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
-            self.endpoints.mark_unready(task_id, f"model server unreachable: {exc.__class__.__name__}")
-            raise NotReady(f"deployment '{task_id}' is not reachable right now; retry shortly") from None
-        except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
-            raise UpstreamError(f"model server of '{task_id}' failed: {exc.__class__.__name__}: {exc}") from None
+        # Endpoints reached through the Kubernetes API server carry its credentials and TLS settings.
+        headers = {**endpoint.headers, "Content-Type": content_type}
+        tls = endpoint.ssl_context if endpoint.ssl_context is not None else True
+        for attempt in (1, 2):
+            try:
+                async with self._session.post(
+                    endpoint.base_url + path, data=body, headers=headers, timeout=timeout, ssl=tls
+                ) as response:
+                    payload = await response.read()
+                    status = response.status
+                    upstream_type = response.headers.get("Content-Type", "application/json")
+                break
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"model server of '{task_id}' did not answer within {timeout.total:g} s"
+                ) from None
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # A pooled keep-alive connection the server had closed: predict has no side
+                # effects, so one retry on a fresh connection; twice means the server is gone.
+                if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
+                    self.endpoints.mark_unready(task_id, f"model server unreachable: {exc.__class__.__name__}")
+                    raise NotReady(f"deployment '{task_id}' is not reachable right now; retry shortly") from None
+            except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
+                raise UpstreamError(f"model server of '{task_id}' failed: {exc.__class__.__name__}: {exc}") from None
         if status >= 500:
             raise UpstreamError(
                 f"model server of '{task_id}' answered {status}: {payload[:500].decode(errors='replace')}"

@@ -1,8 +1,9 @@
 """The runtime seam: what the task services need from wherever workloads run."""
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from ssl import SSLContext
 from typing import Any, Protocol
 
 
@@ -40,6 +41,11 @@ class Endpoint:
     ready: bool
     profile: str
     message: str | None = None
+    # Sent with every forwarded request: e.g. the kubeconfig's bearer token when the route is the
+    # Kubernetes API server's service proxy.
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+    # TLS for an https base_url (the cluster's CA, a client certificate); None: the system defaults.
+    ssl_context: SSLContext | None = None
 
 
 class EndpointCache:
@@ -60,7 +66,7 @@ class EndpointCache:
     def mark_unready(self, task_id: str, message: str) -> None:
         endpoint = self._endpoints.get(task_id)
         if endpoint is not None and endpoint.ready:
-            self._endpoints[task_id] = Endpoint(endpoint.task_id, endpoint.base_url, False, endpoint.profile, message)
+            self._endpoints[task_id] = replace(endpoint, ready=False, message=message)
 
     def task_ids(self) -> set[str]:
         return set(self._endpoints)

@@ -111,6 +111,8 @@ class LocalRuntime:
             (self.root / kind).mkdir(parents=True, exist_ok=True)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
         await asyncio.to_thread(self.reconcile)
+        # Model servers that outlived a restart are ready at once, not after the first loop.
+        await self.probe_all()
         self._loop_task = asyncio.create_task(self._reconcile_forever())
 
     async def close(self) -> None:

@@ -25,3 +25,12 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     # Why a pod is pending (e.g. no GPU free) is told by its events.
     Permission("", "events", ("list",)),
 )
+
+# Outside a cluster the predict proxy goes through the API server's service proxy with the
+# developer's own kubeconfig credentials (Settings.predict_route "api-proxy"): they need this too.
+# A pod reaches Services by cluster DNS, so the platform's Role does not grant it.
+API_PROXY_PERMISSIONS: tuple[Permission, ...] = (Permission("", "services/proxy", ("create",)),)
+
+
+def allows(permissions: tuple[Permission, ...], api_group: str, resource: str, verb: str) -> bool:
+    return any(p.api_group == api_group and p.resource == resource and verb in p.verbs for p in permissions)
