@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQS := $(wildcard requirements/*.txt)
 
-.PHONY: run test lint clean bench
+.PHONY: run test lint clean bench images
 
 $(STAMP): $(REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check app models script tests
 	$(PY) -m pytest -q
+
+## bench: the predict-path benchmark against the peers (run by hand; writes docs/benchmarks.md)
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+## images: build the four container images (needs Docker)
+images:
+	./docker/build_images.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff check app models script tests
