@@ -2,7 +2,7 @@
 # deploy_all_k3s.sh: installs the whole MLOps platform into one namespace of a k3s cluster (any
 # cluster reachable with kubectl works; the image step has a k3s and a registry mode):
 #   1. checks the tools it needs,
-#   2. creates the namespace and the credential Secrets (random values) when they are absent,
+#   2. creates the namespace and the Secrets (random credentials and API tokens) when absent,
 #   3. builds the images (docker/build_images.sh) and makes them available to the cluster:
 #      imported into k3s's containerd, or pushed to the registry,
 #   4. applies kubernetes/base through a generated overlay that sets the namespace,
@@ -179,7 +179,9 @@ ensure_namespace() {
         return
     fi
     log "Creating namespace ${NAMESPACE}"
-    # The label tells clear_all_k3s.sh --purge that this script created the namespace.
+    # created-by tells clear_all_k3s.sh --purge that this script made the namespace. The Pod
+    # Security labels report (warn, audit) pods that break the restricted standard, which every
+    # platform pod and the API's workload pods meet; they block nothing.
     kubectl create --filename - <<EOF
 apiVersion: v1
 kind: Namespace
@@ -187,6 +189,8 @@ metadata:
   name: "${NAMESPACE}"
   labels:
     mlops.dev/created-by: deploy_all_k3s
+    pod-security.kubernetes.io/warn: restricted
+    pod-security.kubernetes.io/audit: restricted
 EOF
 }
 
@@ -212,7 +216,7 @@ stringData:"
 }
 
 ensure_secrets() {
-    local access_key secret_key password
+    local access_key secret_key password admin_token predict_token
     if object_exists secret mlops-s3-credentials; then
         log "Secret mlops-s3-credentials exists: kept"
     else
@@ -232,6 +236,15 @@ ensure_secrets() {
             "POSTGRES_USER=mlflow" \
             "POSTGRES_PASSWORD=${password}" \
             "POSTGRES_DB=mlflow"
+    fi
+    # The control plane on a cluster refuses to start without bearer tokens.
+    if object_exists secret mlops-api-tokens; then
+        log "Secret mlops-api-tokens exists: kept"
+    else
+        log "Creating Secret mlops-api-tokens (random admin and predict bearer tokens)"
+        admin_token=$(random_hex 24)
+        predict_token=$(random_hex 24)
+        create_secret mlops-api-tokens "tokens=admin:${admin_token},predict:${predict_token}"
     fi
 }
 
@@ -388,6 +401,8 @@ print_access() {
 The MLOps platform is running in namespace '${NAMESPACE}'.
   API (docs at http://localhost:8000/docs):
     kubectl port-forward svc/fastapi-mlops-api-service 8000:80 -n ${NAMESPACE}
+  API bearer tokens (role:token, comma-separated; send 'Authorization: Bearer TOKEN'):
+    kubectl get secret mlops-api-tokens -n ${NAMESPACE} -o jsonpath='{.data.tokens}' | base64 -d
   MLflow UI (http://localhost:5000):
     kubectl port-forward svc/mlflow 5000:5000 -n ${NAMESPACE}
   MinIO console (http://localhost:9001; user and password in Secret mlops-s3-credentials):

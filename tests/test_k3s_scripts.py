@@ -15,18 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.platform_support.contract import MANAGED_BY_API, RUNTIME_IMAGES, SECRET_KEYS
 from tests.platform_support.fake_cluster import REPO_ROOT, Call, FakeCluster, secret_data
 
 SCRIPTS = ("deploy_all_k3s.sh", "monitor_all.sh", "clear_all_k3s.sh", "docker/build_images.sh")
 NAMESPACE_SCRIPTS = ("deploy_all_k3s.sh", "monitor_all.sh", "clear_all_k3s.sh")
 NS = "mlops-test"
-RUNTIME_IMAGES = [
-    "localhost:5002/fastapi-mlops-api:latest",
-    "localhost:5002/mlflow-trainer:latest",
-    "localhost:5002/mlflow-inference:latest",
-]
-PLATFORM_LABEL = ("app.kubernetes.io/part-of", "mlops-platform")
-API_LABEL = ("app.kubernetes.io/managed-by", "fastapi-mlops-api")
 
 
 @pytest.fixture
@@ -70,6 +64,11 @@ def summary(call: Call) -> str:
     if call.tool == "kubectl" and call.argv[0] == "apply":
         return "kubectl apply --kustomize OVERLAY"
     return call.line
+
+
+def control_plane(rendered: list[dict]) -> dict:
+    """The control plane's Deployment among rendered objects."""
+    return next(d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"] == "fastapi-mlops-api")
 
 
 def deploy(cluster: FakeCluster, *args: str, **env: str) -> list[Call]:
@@ -144,6 +143,8 @@ def test_first_deploy_runs_every_step_in_order_in_the_namespace(first_deploy) ->
         f"kubectl create --namespace {NS} --filename -",
         f"kubectl get secret mlops-postgres-credentials --namespace {NS} --ignore-not-found --output name",
         f"kubectl create --namespace {NS} --filename -",
+        f"kubectl get secret mlops-api-tokens --namespace {NS} --ignore-not-found --output name",
+        f"kubectl create --namespace {NS} --filename -",
         "docker build localhost:5002/fastapi-mlops-api:latest",
         "docker build localhost:5002/mlops-gpu-base:latest",
         "docker build localhost:5002/mlflow-trainer:latest",
@@ -161,13 +162,17 @@ def test_first_deploy_runs_every_step_in_order_in_the_namespace(first_deploy) ->
 
     namespace_doc = yaml.safe_load(calls[1].stdin)
     assert namespace_doc["kind"] == "Namespace" and namespace_doc["metadata"]["name"] == NS
-    assert namespace_doc["metadata"]["labels"] == {"mlops.dev/created-by": "deploy_all_k3s"}
+    assert namespace_doc["metadata"]["labels"] == {
+        "mlops.dev/created-by": "deploy_all_k3s",
+        "pod-security.kubernetes.io/warn": "restricted",
+        "pod-security.kubernetes.io/audit": "restricted",
+    }
 
     # The archive piped into k3s holds the three images the cluster runs (not the build base).
-    assert calls[11].stdin.split()[1:] == RUNTIME_IMAGES
+    assert calls[13].stdin.split()[1:] == RUNTIME_IMAGES
     assert cluster.state()["imported"] == RUNTIME_IMAGES
 
-    apply = calls[13]
+    apply = calls[15]
     overlay = yaml.safe_load(apply.overlay)
     assert overlay["namespace"] == NS and overlay["resources"] == ["../base"]
     assert {(obj["namespace"], obj["result"]) for obj in apply.applied} == {(NS, "created")}
@@ -177,7 +182,7 @@ def test_first_deploy_runs_every_step_in_order_in_the_namespace(first_deploy) ->
         "ServiceAccount/fastapi-mlops-api", "Role/fastapi-mlops-api", "RoleBinding/fastapi-mlops-api",
         "ConfigMap/mlops-config",
     }
-    api = next(doc for doc in apply.rendered if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "fastapi-mlops-api")
+    api = control_plane(apply.rendered)
     image_id = cluster.state()["images"]["localhost:5002/fastapi-mlops-api:latest"]
     assert api["spec"]["template"]["metadata"]["annotations"]["mlops.dev/image-id"] == image_id
 
@@ -191,25 +196,23 @@ def test_deploy_output_says_how_to_reach_the_api_and_mlflow(first_deploy) -> Non
 def test_secrets_are_random_labelled_and_never_on_a_command_line(tmp_path: Path, first_deploy) -> None:
     values_per_cluster = []
     for name in ("first", "another"):
-        if name == "first":
-            calls = known_calls(first_deploy[0])
-        else:
-            calls = deploy(FakeCluster(tmp_path / name), NS)
+        calls = known_calls(first_deploy[0]) if name == "first" else deploy(FakeCluster(tmp_path / name), NS)
         secrets = {}
         for call in calls:
             if call.argv[:1] == ["create"] and call.option("--namespace") == NS:
                 metadata, values = secret_data(call)
                 assert metadata["labels"]["app.kubernetes.io/part-of"] == "mlops-platform"
                 secrets[metadata["name"]] = values
-        assert set(secrets) == {"mlops-s3-credentials", "mlops-postgres-credentials"}
+        assert {name: set(values) for name, values in secrets.items()} == SECRET_KEYS
         s3, postgres = secrets["mlops-s3-credentials"], secrets["mlops-postgres-credentials"]
-        assert set(s3) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-        assert set(postgres) == {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}
+        tokens = re.fullmatch(r"admin:([0-9a-f]{48}),predict:([0-9a-f]{48})", secrets["mlops-api-tokens"]["tokens"])
+        assert tokens, secrets["mlops-api-tokens"]
         # URL-safe (MLflow's database URI embeds them) and long enough (MinIO wants >= 8).
         for value in (s3["AWS_SECRET_ACCESS_KEY"], postgres["POSTGRES_PASSWORD"]):
             assert re.fullmatch(r"[0-9a-f]{32,}", value), value
         assert re.fullmatch(r"mlops[0-9a-f]{16}", s3["AWS_ACCESS_KEY_ID"])
         generated = [s3["AWS_ACCESS_KEY_ID"], s3["AWS_SECRET_ACCESS_KEY"], postgres["POSTGRES_PASSWORD"]]
+        generated += tokens.groups()
         for call in calls:
             assert not any(value in arg for value in generated for arg in call.argv), call.line
         values_per_cluster.append(generated)
@@ -266,7 +269,7 @@ def test_registry_mode_pushes_and_renames_every_image(cluster: FakeCluster) -> N
     assert all(call.option("--tag").startswith(registry + "/") for call in builds)
     assert builds[2].option("--build-arg") == f"GPU_BASE_IMAGE={registry}/mlops-gpu-base:latest"
     rendered = next(call for call in calls if call.argv[:1] == ["apply"]).rendered
-    api = next(doc for doc in rendered if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "fastapi-mlops-api")
+    api = control_plane(rendered)
     container = api["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == f"{registry}/fastapi-mlops-api:latest"
     assert container["imagePullPolicy"] == "Always"
@@ -331,9 +334,9 @@ def test_build_images_builds_and_pushes_only_the_named_images(cluster: FakeClust
 
 def seed_tasks(cluster: FakeCluster) -> None:
     """What the API and a user made beside the platform in its namespace."""
-    api = dict([API_LABEL, ("mlops.dev/task-kind", "training"), ("mlops.dev/task-id", "train-1")])
+    api = dict([MANAGED_BY_API, ("mlops.dev/task-kind", "training"), ("mlops.dev/task-id", "train-1")])
     cluster.add_object(NS, "job", "train-train-1", api)
-    served = dict([API_LABEL, ("mlops.dev/task-kind", "inference"), ("mlops.dev/task-id", "deploy-1")])
+    served = dict([MANAGED_BY_API, ("mlops.dev/task-kind", "inference"), ("mlops.dev/task-id", "deploy-1")])
     cluster.add_object(NS, "deployment", "inference-model-1", served)
     cluster.add_object(NS, "service", "inference-model-1", served)
     cluster.add_object(NS, "deployment", "someone-elses-app", {"app.kubernetes.io/name": "other"})
@@ -358,7 +361,7 @@ def test_clear_removes_the_platform_and_the_api_objects_but_keeps_data(deployed:
     left = set(cluster.objects(NS))
     assert left == {
         "deployment/someone-elses-app",
-        "secret/mlops-s3-credentials", "secret/mlops-postgres-credentials",
+        "secret/mlops-s3-credentials", "secret/mlops-postgres-credentials", "secret/mlops-api-tokens",
         "persistentvolumeclaim/data-postgres-0", "persistentvolumeclaim/data-minio-0",
     }
     assert NS in cluster.state()["namespaces"]
@@ -405,7 +408,7 @@ def test_clear_proceeds_on_yes(deployed: FakeCluster) -> None:
     cluster = deployed
     ok(cluster.run("clear_all_k3s.sh", NS, input="y\n"))
     assert set(cluster.objects(NS)) == {
-        "secret/mlops-s3-credentials", "secret/mlops-postgres-credentials",
+        "secret/mlops-s3-credentials", "secret/mlops-postgres-credentials", "secret/mlops-api-tokens",
         "persistentvolumeclaim/data-postgres-0", "persistentvolumeclaim/data-minio-0",
     }
 
@@ -450,8 +453,9 @@ def test_monitor_shows_every_section_of_the_namespace(deployed: FakeCluster) -> 
 
     calls = known_calls(cluster)[before:]
     assert {call.argv[0] for call in calls} <= {"get", "logs", "config"}, "the monitor only reads"
+    cluster_wide = (["get", "nodes"], ["config", "current-context"])
     for call in calls:
-        if call.argv[:2] not in (["get", "nodes"], ["config", "current-context"]) and "--all-namespaces" not in call.argv:
+        if call.argv[:2] not in cluster_wide and "--all-namespaces" not in call.argv:
             assert call.option("--namespace") == NS, call.line
 
 

@@ -267,7 +267,9 @@ def kubectl_delete(state: State, positional: list[str], values: dict[str, str], 
     if len(positional) == 2:
         key = State.key(namespace, kinds[0], positional[1])
         if key not in state.objects:
-            return Result() if "--ignore-not-found" in switches else fail(f'{positional[0]} "{positional[1]}" not found')
+            if "--ignore-not-found" in switches:
+                return Result()
+            return fail(f'{positional[0]} "{positional[1]}" not found')
         del state.objects[key]
         return Result(f'{kinds[0]} "{positional[1]}" deleted\n')
     selector = values.get("selector")

@@ -6,7 +6,6 @@ no real cluster, Docker engine or k3s is ever touched and every call can be chec
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
