@@ -6,6 +6,8 @@ import sys
 
 import uvicorn
 
+from app.core.auth import TokenConfigError
+from app.main import build_authenticator
 from app.profiles import ProfileError, load_profiles
 from app.settings import RuntimeKind, Settings
 from models import HANDLERS
@@ -15,7 +17,8 @@ def main() -> int:
     settings = Settings()
     try:
         profiles = load_profiles(settings.profiles_path, known_handlers=set(HANDLERS))
-    except ProfileError as exc:
+        authenticator = build_authenticator(settings)
+    except (ProfileError, TokenConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     mlflow_process = None
@@ -37,6 +40,7 @@ def main() -> int:
     print(
         f"MLOps control plane: {base} (API docs: {base}/docs)\n"
         f"  runtime: {settings.runtime.value}, profiles: {', '.join(sorted(profiles))}\n"
+        f"  auth: {authenticator.describe()}\n"
         f"  MLflow UI: {settings.mlflow_uri}\n"
         f"  data directory: {settings.data_dir}",
         flush=True,

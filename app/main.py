@@ -5,12 +5,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.core.auth import Authenticator, authenticator_from
 from app.core.deployments import DeploymentService
 from app.core.manifests import ClusterRefs
 from app.core.proxy import PredictProxy
 from app.core.tracking import Tracking
 from app.core.training import TrainingService
 from app.errors import install_error_handlers
+from app.middleware import AuthMiddleware, BodyLimitMiddleware
 from app.profiles import load_profiles
 from app.routers import health, inference, training
 from app.runtime.base import Runtime
@@ -34,6 +36,41 @@ def build_runtime(settings: Settings) -> Runtime:
     return LocalRuntime(settings.data_dir, config_values, probe_interval=settings.local_probe_interval_seconds)
 
 
+def build_authenticator(settings: Settings) -> Authenticator:
+    """Raises TokenConfigError for a bad token entry, or no tokens on the Kubernetes runtime."""
+    tokens = settings.api_tokens.get_secret_value() if settings.api_tokens else None
+    on_cluster = settings.runtime == RuntimeKind.KUBERNETES
+    return authenticator_from(tokens, settings.auth_tokens_file, settings.auth_disabled, on_cluster)
+
+
+def document_security(app: FastAPI) -> None:
+    """Bearer auth in the OpenAPI document, so /docs has an Authorize button and the 401/403."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearerAuth": {"type": "http", "scheme": "bearer",
+                               "description": "a token with role admin, or predict for the predict routes"}
+            }
+            for path, operations in schema["paths"].items():
+                if not path.startswith("/api/v1"):
+                    continue
+                for operation in operations.values():
+                    operation["security"] = [{"bearerAuth": []}]
+                    responses = operation.setdefault("responses", {})
+                    responses.setdefault("401", {"description": "No valid bearer token (when auth is on)"})
+                    responses.setdefault("403", {"description": "The token's role may not call this route"})
+                    responses.setdefault("413", {"description": "Request body too large"})
+                    if "requestBody" in operation:
+                        responses.setdefault("400", {"description": "The body cannot be decoded (not UTF-8 JSON)"})
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(
     settings: Settings | None = None, runtime: Runtime | None = None, tracking: Tracking | None = None
 ) -> FastAPI:
@@ -42,6 +79,7 @@ def create_app(
         raise ValueError("MLOPS_MLFLOW_URI is not set: start the API with `python -m app` (make run)")
     # A bad profiles file stops the service here, with a message naming the profile and field.
     profiles = load_profiles(settings.profiles_path, known_handlers=set(HANDLERS))
+    authenticator = build_authenticator(settings)
     runtime = runtime or build_runtime(settings)
     tracking = tracking or Tracking(settings.mlflow_uri or "")
     refs = ClusterRefs(config_map=settings.config_map_name, s3_secret=settings.s3_secret_name)
@@ -70,6 +108,11 @@ def create_app(
     app.state.training = TrainingService(runtime, profiles, tracking, refs)
     app.state.deployments = DeploymentService(runtime, profiles, tracking, refs)
     install_error_handlers(app)
+    # Added last = outermost: a caller without a token is refused before its body is read.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       max_predict_bytes=settings.max_predict_body_bytes)
+    app.add_middleware(AuthMiddleware, authenticator=authenticator)
+    document_security(app)
     app.include_router(health.router)
     app.include_router(training.router)
     app.include_router(inference.router)

@@ -4,7 +4,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -52,5 +52,15 @@ class Settings(BaseSettings):
     config_map_name: str = "mlops-config"
     s3_secret_name: str = "mlops-s3-credentials"
 
-    # Upper bound of any request body the API accepts, in bytes.
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    # Largest body of a train, deploy or other management request, in bytes.
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Hard cap on a predict body; each profile's own max_request_bytes applies below it.
+    max_predict_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+
+    # Authentication: `<role>:<token>` entries (roles admin, predict), comma- or line-separated,
+    # from the variable and/or a file (a mounted Secret). A token may be given as sha256:<hex>.
+    api_tokens: SecretStr | None = None
+    auth_tokens_file: Path | None = None
+    # With no tokens, the local runtime runs open (it listens on 127.0.0.1) and the Kubernetes
+    # runtime refuses to start, unless this says so explicitly.
+    auth_disabled: bool = False

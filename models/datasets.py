@@ -12,17 +12,9 @@ import numpy as np
 import pandas as pd
 
 from models.base import TabularData, TrainingError
+from models.spec import dataset_scheme
 
 S3_ENDPOINT_ENVS = ("MLOPS_S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
-
-
-def dataset_scheme(path: str) -> str:
-    """'s3', 'file' or 'local'; anything else is returned as its scheme for the caller to refuse."""
-    scheme = urlparse(path).scheme.lower()
-    if scheme in ("", "file", "s3"):
-        return scheme or "local"
-    # A Windows-like drive letter is no scheme we know either; report it as given.
-    return scheme
 
 
 def read_bytes(path: str) -> bytes:

@@ -4,6 +4,7 @@ Hyperparameters and paths travel as data, never as text spliced into a command l
 """
 
 from typing import Any
+from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,3 +49,12 @@ class ServeSpec(_Spec):
     max_rows: int = 10_000
     max_request_bytes: int = 8 * 1024 * 1024
     use_gpu: bool = False
+
+
+def dataset_scheme(path: str) -> str:
+    """'s3', 'file' or 'local' for the paths we read; any other scheme as given, for the caller to refuse.
+
+    Lives here, not in models.datasets, so the control plane can check a path without pandas.
+    """
+    scheme = urlparse(path).scheme.lower()
+    return scheme if scheme else "local"

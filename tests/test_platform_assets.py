@@ -224,12 +224,6 @@ def test_dockerignore_keeps_the_context_to_what_the_images_copy() -> None:
         assert dockerignore_excludes(path, patterns), f"{path} would be sent to the Docker daemon"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect on the application side: app/core/training.py imports models.datasets at module "
-    "level, which imports numpy and pandas, and requirements/api.txt installs neither, so the fastapi image "
-    "would fail to start. Strict: once fixed this test passes and the marker must go.",
-)
 def test_control_plane_image_holds_every_module_the_control_plane_imports() -> None:
     """The fastapi image installs requirements/api.txt only and copies app/ and models/: every
     third-party module imported at module level by app/, or by the models/ modules it imports,

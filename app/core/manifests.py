@@ -112,6 +112,8 @@ _CONTAINER_SECURITY = {
 def _pod_spec(containers: list[dict[str, Any]], profile: ModelProfile, use_gpu: bool, **extra: Any) -> dict:
     spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
+        # Service links would put e.g. MLFLOW_PORT=tcp://... into the pod, which MLflow misreads.
+        "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,

@@ -13,8 +13,7 @@ from app.errors import Forbidden, InvalidSpec, TaskNotFound
 from app.profiles import ModelProfile
 from app.runtime.base import AlreadyExists, Runtime, WorkloadState
 from app.schemas.training import TrainingStatus, TrainingTask, TrainRequest
-from models.datasets import dataset_scheme
-from models.spec import TrainSpec
+from models.spec import TrainSpec, dataset_scheme
 
 
 def find_profile(profiles: dict[str, ModelProfile], name: str) -> ModelProfile:

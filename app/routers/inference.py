@@ -83,12 +83,16 @@ async def get_deployment(task_id: str, deployments: DeploymentsDep) -> Deploymen
     return await deployments.get(task_id)
 
 
-@router.get("/deployments/{task_id}/logs", response_class=PlainTextResponse, summary="The model server's output")
+@router.get(
+    "/deployments/{task_id}/logs",
+    summary="The model server's output",
+    responses={200: {"description": "The output as text", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def get_deployment_logs(
     task_id: str,
     deployments: DeploymentsDep,
     tail: Annotated[int | None, Query(ge=0, le=100_000, description="Only the last N lines")] = None,
-) -> PlainTextResponse:
+) -> Response:
     return PlainTextResponse(await deployments.logs(task_id, tail))
 
 

@@ -51,8 +51,8 @@ async def get_training_status(task_id: str, training: TrainingDep) -> TrainingTa
 
 @router.get(
     "/{task_id}/logs",
-    response_class=PlainTextResponse,
     summary="The trainer's output; follow=true streams until the job ends",
+    responses={200: {"description": "The output as text", "content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def get_training_logs(
     task_id: str,

@@ -142,7 +142,8 @@ class LocalRuntime:
                 "manifests": manifests,
                 "port": _free_port() if kind == KIND_INFERENCE else None,
             }
-            write_json_atomic(task_dir / "process.json", self._process_spec(kind, task_dir, record))
+            # The process spec holds the workload's resolved credentials: owner-only.
+            write_json_atomic(task_dir / "process.json", self._process_spec(kind, task_dir, record), mode=0o600)
             write_json_atomic(task_dir / "task.json", record)
             self._spawn_supervisor(task_dir)
         except BaseException:
@@ -290,7 +291,8 @@ class LocalRuntime:
         command = [*container["command"], *container.get("args", [])]
         if command[0] == "python":
             command[0] = self.python
-        env = dict(os.environ)
+        # The API's own settings (its tokens among them) are not the workload's business.
+        env = {key: value for key, value in os.environ.items() if not key.startswith("MLOPS_")}
         for item in container.get("env", []):
             if item["name"] in _CONTAINER_ONLY_ENV:
                 continue

@@ -25,9 +25,10 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, data: dict[str, Any], mode: int = 0o644) -> None:
     tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as file:
+        file.write(json.dumps(data))
     os.replace(tmp, path)
 
 
