@@ -53,6 +53,8 @@ def main() -> int:
             port=settings.port,
             workers=settings.workers,
             log_level=settings.log_level,
+            # Never hang on a client that will not finish; log streams end at once (app/shutdown.py).
+            timeout_graceful_shutdown=30,
         )
     finally:
         if mlflow_process is not None:

@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app import shutdown
 from app.core.auth import Authenticator, authenticator_from
 from app.core.deployments import DeploymentService
 from app.core.manifests import ClusterRefs
@@ -87,6 +88,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        shutdown.watch_signals()
         await runtime.start()
         await proxy.start()
         try:

@@ -9,6 +9,7 @@ from app.deps import TrainingDep
 from app.routers.common import ERROR_RESPONSES
 from app.schemas.common import DeletedTask, DryRunResult
 from app.schemas.training import TrainingTask, TrainingTaskList, TrainRequest
+from app.shutdown import until_shutdown
 
 router = APIRouter(prefix="/api/v1/train/jobs", tags=["training"], responses=ERROR_RESPONSES)
 
@@ -62,7 +63,7 @@ async def get_training_logs(
 ) -> Response:
     if follow:
         stream = await training.follow_logs(task_id, tail)
-        return StreamingResponse(stream, media_type="text/plain; charset=utf-8")
+        return StreamingResponse(until_shutdown(stream), media_type="text/plain; charset=utf-8")
     return PlainTextResponse(await training.logs(task_id, tail))
 
 
