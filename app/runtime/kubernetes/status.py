@@ -220,7 +220,8 @@ def inference_phase(
     replica_failure = _true_conditions(deployment).get("ReplicaFailure")
     if replica_failure is not None:
         # e.g. FailedCreate: pods "..." is forbidden: exceeded quota
-        return DeploymentStatus.PENDING, f"{replica_failure.get('reason', 'ReplicaFailure')}: {replica_failure.get('message', '')}"
+        reason = replica_failure.get("reason", "ReplicaFailure")
+        return DeploymentStatus.PENDING, f"{reason}: {replica_failure.get('message', '')}"
     pod = newest(pods)
     if pod is None:
         warning = warning_about(events, [deployment])

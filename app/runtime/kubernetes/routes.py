@@ -1,0 +1,72 @@
+"""How the predict proxy reaches a model's Service: by cluster DNS from inside the cluster, or through
+the API server's service proxy (with the kubeconfig's credentials) from a developer's machine."""
+
+import ssl
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from app.core.manifests import HTTP_PORT_NAME, SERVICE_PORT
+from kubernetes import client
+
+
+@dataclass(frozen=True)
+class RouteTarget:
+    base_url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    ssl_context: ssl.SSLContext | None = None
+
+
+class ServiceRoute(Protocol):
+    def target(self, service_name: str) -> RouteTarget: ...
+
+
+class ServiceDnsRoute:
+    """In a pod: straight to the Service's ClusterIP by its DNS name; no API server in the path."""
+
+    def __init__(self, namespace: str, port: int = SERVICE_PORT):
+        self.namespace = namespace
+        self.port = port
+
+    def target(self, service_name: str) -> RouteTarget:
+        return RouteTarget(f"http://{service_name}.{self.namespace}.svc:{self.port}")
+
+
+def ssl_context_of(configuration: client.Configuration) -> ssl.SSLContext:
+    """The TLS settings the official client uses (cluster CA, client certificate), for aiohttp."""
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+    if not configuration.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if configuration.cert_file:
+        context.load_cert_chain(configuration.cert_file, configuration.key_file)
+    return context
+
+
+def auth_headers(configuration: client.Configuration) -> dict[str, str]:
+    """The credentials headers the official client would send (a bearer token, refreshed if it can be)."""
+    headers = {
+        setting["key"]: setting["value"]
+        for setting in configuration.auth_settings().values()
+        if setting.get("in") == "header" and setting.get("value")
+    }
+    if configuration.username and configuration.password and "authorization" not in headers:
+        headers["authorization"] = configuration.get_basic_auth_token()
+    return headers
+
+
+class ApiServerProxyRoute:
+    """Outside a cluster: `<api server>/api/v1/namespaces/<ns>/services/<svc>:http/proxy`.
+
+    Needs `create` on services/proxy for the kubeconfig's user (see API_PROXY_PERMISSIONS).
+    """
+
+    def __init__(self, configuration: client.Configuration, namespace: str):
+        self.configuration = configuration
+        self.namespace = namespace
+        self.host = configuration.host.rstrip("/")
+        self.ssl_context = ssl_context_of(configuration) if self.host.startswith("https://") else None
+
+    def target(self, service_name: str) -> RouteTarget:
+        url = f"{self.host}/api/v1/namespaces/{self.namespace}/services/{service_name}:{HTTP_PORT_NAME}/proxy"
+        # Read on each call: a token from an exec plugin or a projected file is refreshed here.
+        return RouteTarget(url, auth_headers(self.configuration), self.ssl_context)

@@ -1,0 +1,44 @@
+"""Manifests of test tasks, made by the real builders (app/core/manifests.py) from the real profiles."""
+
+from typing import Any
+
+from app.core.manifests import inference_deployment, inference_service, training_job
+from app.profiles import ModelProfile, load_profiles
+from app.settings import PROJECT_ROOT
+from models import HANDLERS
+from models.spec import ServeSpec, TrainSpec
+
+PROFILES: dict[str, ModelProfile] = load_profiles(PROJECT_ROOT / "model_profiles.yaml", known_handlers=set(HANDLERS))
+PROFILE = "tabular_regression"
+RUN_ID = "0123456789abcdef0123456789abcdef"
+
+Manifests = list[dict[str, Any]]
+
+
+def training_task(task_id: str, profile_name: str = PROFILE, **request: Any) -> tuple[dict[str, Any], Manifests]:
+    """A training request (as the API stores it) and its Job."""
+    profile = PROFILES[profile_name]
+    body = {
+        "taskId": task_id, "experimentName": "k8s-tests", "modelProfile": profile_name,
+        "datasetPath": "s3://datasets/houses.csv", "trainerImage": profile.trainer.image, "useGpu": False,
+        "hyperparameters": {name: spec.default for name, spec in profile.hyperparameters.items()}, **request,
+    }
+    spec = TrainSpec(
+        task_id=task_id, experiment_name=body["experimentName"], model_profile=profile_name, handler=profile.handler,
+        dataset_path=body["datasetPath"], use_gpu=body["useGpu"], hyperparameters=body["hyperparameters"],
+    )
+    return body, [training_job(spec, profile, body["trainerImage"], body)]
+
+
+def inference_task(
+    task_id: str, model_id: str, profile_name: str = PROFILE, use_gpu: bool = False
+) -> tuple[dict[str, Any], Manifests]:
+    """A deploy request (as the API stores it), its Deployment and its Service, in creation order."""
+    profile = PROFILES[profile_name]
+    body = {"taskId": task_id, "modelId": model_id, "mlflowRunId": RUN_ID, "modelProfile": profile_name,
+            "useGpu": use_gpu, "replicas": 1}
+    spec = ServeSpec(
+        task_id=task_id, model_id=model_id, model_uri=f"runs:/{RUN_ID}/model", model_profile=profile_name,
+        handler=profile.handler, use_gpu=use_gpu,
+    )
+    return body, [inference_deployment(spec, profile, use_gpu, 1, body), inference_service(spec, profile, body)]
