@@ -65,11 +65,58 @@ class InferenceSettings(_Strict):
     replicas: int = Field(default=1, ge=1, le=64)
     port: int = Field(default=8080, ge=1, le=65535)
     resources: Resources = Resources()
+    # Readiness probe path of the model server (vLLM answers /health once the weights are loaded).
+    readiness_path: str = "/ready"
+    # Other profiles whose training runs this profile may deploy (its own always).
+    accepts_runs_from: tuple[str, ...] = ()
     # How long the proxy waits for the model server before answering 504.
     predict_timeout_seconds: float = Field(default=30.0, gt=0)
     # Largest predict request the proxy forwards, in bytes, and most rows the server accepts.
     max_request_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_rows: int = Field(default=10_000, ge=1)
+
+
+class VllmSettings(_Strict):
+    """Arguments of `vllm serve` on a GPU node."""
+
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    max_model_len: int = Field(default=4096, ge=16)
+    tensor_parallel_size: int = Field(default=1, ge=1, le=16)
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float32"] = "auto"
+    extra_args: tuple[str, ...] = ()
+
+    def cli_args(self) -> list[str]:
+        return [
+            "--gpu-memory-utilization", f"{self.gpu_memory_utilization:g}",
+            "--max-model-len", str(self.max_model_len),
+            "--tensor-parallel-size", str(self.tensor_parallel_size),
+            "--dtype", self.dtype,
+            *self.extra_args,
+        ]
+
+
+class ModelCache(_Strict):
+    """Where weights are kept so a restarted pod does not download them again."""
+
+    claim_name: str | None = "mlops-model-cache"  # a PersistentVolumeClaim; None: an emptyDir
+    mount_path: str = "/models"
+
+
+class LlmSettings(_Strict):
+    vllm: VllmSettings = VllmSettings()
+    # /dev/shm for vLLM's workers (tensor parallelism talks through it).
+    shm_size: str = "2Gi"
+    model_cache: ModelCache = ModelCache()
+    # Base models (training's initialModelFilePath) and deploy-time modelReference values the
+    # profile allows: shell-style patterns, e.g. "/models/*" or "Qwen/*".
+    allowed_model_references: tuple[str, ...] = ()
+    # The CPU backend's default and largest number of generated tokens per request.
+    max_new_tokens: int = Field(default=256, ge=1)
+    # QLoRA: load the base model in 4 bits when training with useGpu (needs bitsandbytes).
+    qlora_on_gpu: bool = True
+
+    def allows_reference(self, reference: str) -> bool:
+        return any(fnmatchcase(reference, pattern) for pattern in self.allowed_model_references)
 
 
 class Hyperparameter(_Strict):
@@ -119,11 +166,22 @@ class ModelProfile(_Strict):
     description: str = ""
     # models/ handler that trains and serves this family.
     handler: str
-    trainer: TrainerSettings
-    inference: InferenceSettings
+    kind: Literal["tabular", "llm"] = "tabular"
+    # A profile may only train (no inference section) or only serve (no trainer section).
+    trainer: TrainerSettings | None = None
+    inference: InferenceSettings | None = None
     gpu: GpuSettings = GpuSettings()
+    llm: LlmSettings | None = None
     dataset_schemes: tuple[DatasetScheme, ...] = ("local", "file", "s3")
     hyperparameters: dict[str, Hyperparameter] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _usable(self) -> "ModelProfile":
+        if self.trainer is None and self.inference is None:
+            raise ValueError("a profile needs a trainer or an inference section (or both)")
+        if self.kind == "llm" and self.llm is None:
+            raise ValueError("an llm profile needs an llm section")
+        return self
 
     def resolve_hyperparameters(self, given: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         """Merge `given` over the defaults; return the result and (name, problem) pairs."""

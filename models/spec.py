@@ -43,12 +43,21 @@ class TrainSpec(_Spec):
 class ServeSpec(_Spec):
     task_id: str
     model_id: str
-    model_uri: str
+    # One of: an MLflow model (runs:/<id>/model), or for language models a reference the profile
+    # allows (a path on the model volume, or a name the cluster can pull).
+    model_uri: str | None = None
+    model_reference: str | None = None
     model_profile: str
     handler: str
     max_rows: int = 10_000
     max_request_bytes: int = 8 * 1024 * 1024
     use_gpu: bool = False
+    # Language models: `vllm serve` arguments (used when vLLM can run), the name clients give as
+    # "model", the CPU backend's token limit, and where weights are cached.
+    engine_args: list[str] = Field(default_factory=list)
+    served_model_name: str | None = None
+    max_new_tokens: int = 256
+    model_cache_dir: str | None = None
 
 
 def dataset_scheme(path: str) -> str:

@@ -363,6 +363,7 @@ def test_clear_removes_the_platform_and_the_api_objects_but_keeps_data(deployed:
         "deployment/someone-elses-app",
         "secret/mlops-s3-credentials", "secret/mlops-postgres-credentials", "secret/mlops-api-tokens",
         "persistentvolumeclaim/data-postgres-0", "persistentvolumeclaim/data-minio-0",
+        "persistentvolumeclaim/mlops-model-cache",  # model weights are data too
     }
     assert NS in cluster.state()["namespaces"]
     assert "--purge" in result.stdout
@@ -409,7 +410,7 @@ def test_clear_proceeds_on_yes(deployed: FakeCluster) -> None:
     ok(cluster.run("clear_all_k3s.sh", NS, input="y\n"))
     assert set(cluster.objects(NS)) == {
         "secret/mlops-s3-credentials", "secret/mlops-postgres-credentials", "secret/mlops-api-tokens",
-        "persistentvolumeclaim/data-postgres-0", "persistentvolumeclaim/data-minio-0",
+        "persistentvolumeclaim/data-postgres-0", "persistentvolumeclaim/data-minio-0", "persistentvolumeclaim/mlops-model-cache",
     }
 
 

@@ -22,10 +22,12 @@ def write(tmp_path: Path, data: object) -> Path:
 
 def test_shipped_profiles_load_with_known_handlers() -> None:
     profiles = load_profiles(PROJECT_ROOT / "model_profiles.yaml", known_handlers=set(HANDLERS))
-    assert {"tabular_regression", "tabular_classification"} <= set(profiles)
+    assert {"tabular_regression", "tabular_classification", "llm_lora", "llm_chat"} <= set(profiles)
     for name, profile in profiles.items():
         assert profile.name == name
-        assert {"numEpoch", "learningRate", "numBatch"} <= set(profile.hyperparameters)
+        if profile.trainer is not None:  # the seed's body sets these three for any trainable profile
+            assert {"numEpoch", "learningRate", "numBatch"} <= set(profile.hyperparameters)
+    assert profiles["llm_chat"].trainer is None and profiles["llm_lora"].inference is None
 
 
 @pytest.mark.parametrize(

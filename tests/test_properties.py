@@ -28,7 +28,8 @@ K8S_VERSION = "1.34.0"
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 valid_ids = st.from_regex(re.compile(rf"[a-z0-9]([-a-z0-9]{{0,{MAX_ID_LENGTH - 2}}}[a-z0-9])?"), fullmatch=True)
-profile_names = st.sampled_from(sorted(PROFILES))
+trainable = st.sampled_from(sorted(name for name, p in PROFILES.items() if p.trainer is not None))
+servable = st.sampled_from(sorted(name for name, p in PROFILES.items() if p.inference is not None))
 
 
 def hyperparameters_within(profile: ModelProfile) -> st.SearchStrategy[dict]:
@@ -44,8 +45,10 @@ def hyperparameters_within(profile: ModelProfile) -> st.SearchStrategy[dict]:
 
 @st.composite
 def train_requests(draw: st.DrawFn) -> TrainRequest:
-    profile = PROFILES[draw(profile_names)]
+    profile = PROFILES[draw(trainable)]
+    base_model = draw(st.sampled_from(["/models/base-7b", "Qwen/Qwen2.5-0.5B"])) if profile.llm else None
     return TrainRequest(
+        initial_model_file_path=base_model,
         task_id=draw(valid_ids),
         experiment_name=draw(st.text(min_size=1, max_size=80)),
         model_profile=profile.name,
@@ -90,7 +93,7 @@ def test_any_valid_train_request_yields_a_job_that_validates_strictly(request: T
 
 
 @FAST
-@given(task_id=valid_ids, model_id=valid_ids, profile=profile_names, use_gpu=st.booleans(),
+@given(task_id=valid_ids, model_id=valid_ids, profile=servable, use_gpu=st.booleans(),
        replicas=st.none() | st.integers(1, 64), run_id=st.from_regex(r"[0-9a-f]{32}", fullmatch=True))
 def test_any_valid_deploy_request_yields_objects_that_validate_strictly(task_id, model_id, profile, use_gpu,
                                                                         replicas, run_id) -> None:
@@ -105,13 +108,14 @@ def test_any_valid_deploy_request_yields_objects_that_validate_strictly(task_id,
 
 
 @FAST
-@given(profile=profile_names, name=st.sampled_from(["numEpoch", "learningRate", "numBatch"]),
+@given(profile=st.sampled_from(["tabular_regression", "tabular_classification", "llm_lora"]), name=st.sampled_from(["numEpoch", "learningRate", "numBatch"]),
        value=st.one_of(st.integers(-10**9, 0), st.integers(10**9, 10**12), st.text(max_size=5), st.booleans()))
 def test_out_of_bounds_or_mistyped_hyperparameters_are_refused(profile: str, name: str, value) -> None:
     spec = PROFILES[profile].hyperparameters[name]
     if spec.check(value) is None:
         return  # a drawn value that happens to be valid for this profile
     request = TrainRequest(task_id="t", experiment_name="e", model_profile=profile, dataset_path="s3://b/k.csv",
+                           initial_model_file_path="/models/base" if profile == "llm_lora" else None,
                            hyperparameters={name: value})
     with pytest.raises(InvalidSpec) as error:
         TRAINING.plan(request)

@@ -1,5 +1,6 @@
 """Inference tasks: check the MLflow run, build the Deployment and Service, hand them to the runtime."""
 
+from pathlib import Path
 from typing import Any
 
 from app.core.blocking import run_blocking
@@ -8,7 +9,7 @@ from app.core.names import inference_name
 from app.core.requests import check_same_request
 from app.core.tracking import Tracking
 from app.core.training import find_profile
-from app.errors import InvalidSpec, TaskConflict, TaskNotFound
+from app.errors import Forbidden, InvalidSpec, TaskConflict, TaskNotFound
 from app.profiles import ModelProfile
 from app.runtime.base import AlreadyExists, Runtime, WorkloadState
 from app.schemas.inference import DeploymentStatus, DeploymentTask, DeployRequest
@@ -28,22 +29,48 @@ class DeploymentService:
 
     def plan(self, request: DeployRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         profile = find_profile(self.profiles, request.model_profile)
+        if profile.inference is None:
+            servers = ", ".join(sorted(n for n, p in self.profiles.items() if p.inference is not None))
+            raise InvalidSpec(f"profile '{profile.name}' only trains; deploy with one of: {servers}",
+                              field="modelProfile")
+        self._check_model_source(request, profile)
         replicas = request.replicas or profile.inference.replicas
+        llm = profile.llm
         spec = ServeSpec(
             task_id=request.task_id,
             model_id=request.model_id,
-            model_uri=f"runs:/{request.mlflow_run_id}/{MODEL_ARTIFACT_PATH}",
+            model_uri=f"runs:/{request.mlflow_run_id}/{MODEL_ARTIFACT_PATH}" if request.mlflow_run_id else None,
+            model_reference=request.model_reference,
             model_profile=profile.name,
             handler=profile.handler,
             max_rows=profile.inference.max_rows,
             max_request_bytes=profile.inference.max_request_bytes,
             use_gpu=request.use_gpu,
+            engine_args=llm.vllm.cli_args() if llm else [],
+            served_model_name=request.model_id if llm else None,
+            max_new_tokens=llm.max_new_tokens if llm else 256,
+            model_cache_dir=llm.model_cache.mount_path if llm else None,
         )
         normalized = request.model_dump(by_alias=True) | {"replicas": replicas}
         return normalized, [
             inference_deployment(spec, profile, request.use_gpu, replicas, normalized, self.refs),
             inference_service(spec, profile, normalized),
         ]
+
+    def _check_model_source(self, request: DeployRequest, profile: ModelProfile) -> None:
+        if (request.mlflow_run_id is None) == (request.model_reference is None):
+            raise InvalidSpec("give exactly one of mlflowRunId or modelReference", field="mlflowRunId")
+        reference = request.model_reference
+        if reference is None:
+            return
+        if profile.llm is None:
+            raise InvalidSpec(f"modelReference is only for language-model profiles; profile '{profile.name}' "
+                              f"deploys an MLflow run (mlflowRunId)", field="modelReference")
+        local_dir = self.runtime.allows_local_paths and Path(reference).expanduser().is_dir()
+        if not (local_dir or profile.llm.allows_reference(reference)):
+            allowed = ", ".join(profile.llm.allowed_model_references) or "none"
+            raise Forbidden(f"modelReference '{reference}' is not allowed for profile '{profile.name}' "
+                            f"(allowed: {allowed})", field="modelReference")
 
     async def check_run(self, request: DeployRequest) -> None:
         """The run must exist, have finished, and come from a compatible profile."""
@@ -55,9 +82,13 @@ class DeploymentService:
                 f"MLflow run '{run.run_id}' is {run.status}; only a FINISHED run has a model to deploy",
                 field="mlflowRunId",
             )
-        if run.profile and run.profile != request.model_profile:
+        profile = self.profiles[request.model_profile]
+        assert profile.inference is not None
+        compatible = (request.model_profile, *profile.inference.accepts_runs_from)
+        if run.profile and run.profile not in compatible:
             raise InvalidSpec(
-                f"modelProfile '{request.model_profile}' does not match the run's profile '{run.profile}'",
+                f"modelProfile '{request.model_profile}' cannot deploy a run of profile '{run.profile}' "
+                f"(it deploys runs of: {', '.join(compatible)})",
                 field="modelProfile",
             )
 
@@ -68,7 +99,8 @@ class DeploymentService:
             check_same_request("inference", request.task_id, existing.request, normalized)
             return self._task(existing), False
         await self._check_model_id_free(request)
-        await self.check_run(request)
+        if request.mlflow_run_id is not None:
+            await self.check_run(request)
         try:
             state = await run_blocking(self.runtime.create, KIND_INFERENCE, request.task_id, manifests)
             created = True
@@ -108,7 +140,8 @@ class DeploymentService:
         return DeploymentTask(
             task_id=state.task_id,
             model_id=request["modelId"],
-            mlflow_run_id=request["mlflowRunId"],
+            mlflow_run_id=request.get("mlflowRunId"),
+            model_reference=request.get("modelReference"),
             model_profile=request["modelProfile"],
             use_gpu=request.get("useGpu", False),
             replicas=request.get("replicas", 1),

@@ -109,6 +109,25 @@ _CONTAINER_SECURITY = {
 }
 
 
+def _llm_volumes(profile: ModelProfile, container: dict[str, Any], shm: bool) -> list[dict[str, Any]]:
+    """The weight cache (and vLLM's shared memory) of a language-model pod."""
+    assert profile.llm is not None
+    cache = profile.llm.model_cache
+    source: dict[str, Any] = (
+        {"persistentVolumeClaim": {"claimName": cache.claim_name}} if cache.claim_name else {"emptyDir": {}}
+    )
+    volumes = [{"name": "model-cache", **source}]
+    container["volumeMounts"].append({"name": "model-cache", "mountPath": cache.mount_path})
+    container["env"] += [
+        {"name": "HF_HOME", "value": f"{cache.mount_path}/huggingface"},
+        {"name": "MLOPS_MODEL_CACHE", "value": cache.mount_path},
+    ]
+    if shm:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": profile.llm.shm_size}})
+        container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+    return volumes
+
+
 def _pod_spec(containers: list[dict[str, Any]], profile: ModelProfile, use_gpu: bool, **extra: Any) -> dict:
     spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
@@ -123,7 +142,7 @@ def _pod_spec(containers: list[dict[str, Any]], profile: ModelProfile, use_gpu: 
         },
         "containers": containers,
         # MLflow and the frameworks write caches; the image's root filesystem stays untouched.
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, *extra.pop("volumes", [])],
         **extra,
     }
     if use_gpu:
@@ -159,11 +178,13 @@ def training_job(
     spec: TrainSpec, profile: ModelProfile, image: str, request: dict[str, Any], refs: ClusterRefs = ClusterRefs()
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs script/train.py for one training task."""
+    assert profile.trainer is not None
     labels = _labels(KIND_TRAINING, spec.task_id, profile.name)
     env = [{"name": TRAIN_SPEC_ENV, "value": spec.model_dump_json()}, *_env_from_cluster(refs)]
     container = _container(
         "trainer", image, "script/train.py", env, _resources(profile.trainer.resources, profile, spec.use_gpu)
     )
+    volumes = _llm_volumes(profile, container, shm=False) if profile.llm else []
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -174,7 +195,7 @@ def training_job(
             "ttlSecondsAfterFinished": profile.trainer.ttl_seconds_after_finished,
             "template": {
                 "metadata": {"labels": labels},
-                "spec": _pod_spec([container], profile, spec.use_gpu, restartPolicy="Never"),
+                "spec": _pod_spec([container], profile, spec.use_gpu, restartPolicy="Never", volumes=volumes),
             },
         },
     }
@@ -199,6 +220,7 @@ def inference_deployment(
     refs: ClusterRefs = ClusterRefs(),
 ) -> dict[str, Any]:
     """The apps/v1 Deployment that runs script/serve.py for one model."""
+    assert profile.inference is not None
     name = inference_name(spec.model_id)
     labels = _labels(KIND_INFERENCE, spec.task_id, profile.name, spec.model_id)
     port = profile.inference.port
@@ -207,14 +229,22 @@ def inference_deployment(
         {"name": SERVE_PORT_ENV, "value": str(port)},
         *_env_from_cluster(refs),
     ]
+    # A language model on GPUs takes one per tensor-parallel rank.
+    gpus = profile.llm.vllm.tensor_parallel_size if profile.llm else None
     container = _container(
         "server", profile.inference.image, "script/serve.py", env,
-        _resources(profile.inference.resources, profile, use_gpu),
+        _resources(profile.inference.resources, profile, use_gpu, gpu_count=gpus),
     )
+    volumes: list[dict[str, Any]] = []
+    if profile.llm:
+        # serve.py runs `vllm serve <model> ARGS` where vLLM can run, else its CPU backend.
+        container["args"] = profile.llm.vllm.cli_args()
+        volumes = _llm_volumes(profile, container, shm=True)
     container["ports"] = [{"name": HTTP_PORT_NAME, "containerPort": port, "protocol": "TCP"}]
-    # Loading a model can take minutes (downloads); the startup probe holds the others back.
-    container["startupProbe"] = _http_probe(LIVENESS_PATH, period=5, failures=120)
-    container["readinessProbe"] = _http_probe(READINESS_PATH, period=5, failures=3)
+    # Loading a model can take minutes (a language model's download, much longer): the startup
+    # probe holds the others back until the server answers, which it does once weights are loaded.
+    container["startupProbe"] = _http_probe(LIVENESS_PATH, period=10, failures=360 if profile.llm else 60)
+    container["readinessProbe"] = _http_probe(profile.inference.readiness_path, period=5, failures=3)
     container["livenessProbe"] = _http_probe(LIVENESS_PATH, period=10, failures=3)
     selector = task_selector(KIND_INFERENCE, spec.task_id)
     return {
@@ -225,13 +255,17 @@ def inference_deployment(
             "replicas": replicas,
             "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": labels}, "spec": _pod_spec([container], profile, use_gpu)},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": _pod_spec([container], profile, use_gpu, volumes=volumes),
+            },
         },
     }
 
 
 def inference_service(spec: ServeSpec, profile: ModelProfile, request: dict[str, Any]) -> dict[str, Any]:
     """The v1 Service in front of the model's pods; the predict proxy targets it."""
+    assert profile.inference is not None
     labels = _labels(KIND_INFERENCE, spec.task_id, profile.name, spec.model_id)
     return {
         "apiVersion": "v1",

@@ -21,7 +21,9 @@ class PredictProxy:
         self.pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
         self._timeouts = {
-            name: aiohttp.ClientTimeout(total=p.inference.predict_timeout_seconds) for name, p in profiles.items()
+            name: aiohttp.ClientTimeout(total=p.inference.predict_timeout_seconds)
+            for name, p in profiles.items()
+            if p.inference is not None
         }
         self._default_timeout = aiohttp.ClientTimeout(total=30)
 
@@ -40,7 +42,7 @@ class PredictProxy:
     def max_body_bytes(self, task_id: str) -> int | None:
         endpoint = self.endpoints.get(task_id)
         profile = self.profiles.get(endpoint.profile) if endpoint else None
-        return profile.inference.max_request_bytes if profile else None
+        return profile.inference.max_request_bytes if profile and profile.inference else None
 
     async def forward(self, task_id: str, path: str, body: bytes, content_type: str) -> tuple[int, bytes, str]:
         """Forward one request; return the upstream's status, body and content type."""

@@ -37,6 +37,11 @@ class TrainingService:
     def plan(self, request: TrainRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The normalized request and the Job for it; raise InvalidSpec/Forbidden, change nothing."""
         profile = find_profile(self.profiles, request.model_profile)
+        if profile.trainer is None:
+            trainers = ", ".join(sorted(n for n, p in self.profiles.items() if p.trainer is not None))
+            raise InvalidSpec(f"profile '{profile.name}' only serves models; train with one of: {trainers}",
+                              field="modelProfile")
+        self._check_base_model(request, profile)
         hyperparameters, problems = profile.resolve_hyperparameters(request.hyperparameters)
         if problems:
             name, problem = problems[0]
@@ -67,6 +72,20 @@ class TrainingService:
             "datasetPath": dataset_path,
         }
         return normalized, [training_job(spec, profile, image, normalized, self.refs)]
+
+    def _check_base_model(self, request: TrainRequest, profile: ModelProfile) -> None:
+        """A language-model profile fine-tunes the model named by initialModelFilePath."""
+        if profile.llm is None:
+            return
+        base = request.initial_model_file_path
+        allowed = ", ".join(profile.llm.allowed_model_references) or "none"
+        if base is None:
+            raise InvalidSpec(f"initialModelFilePath must name the base model to fine-tune (allowed: {allowed})",
+                              field="initialModelFilePath")
+        local_dir = self.runtime.allows_local_paths and Path(base).expanduser().is_dir()
+        if not (local_dir or profile.llm.allows_reference(base)):
+            raise Forbidden(f"base model '{base}' is not allowed for profile '{profile.name}' (allowed: {allowed})",
+                            field="initialModelFilePath")
 
     def _dataset_path(self, path: str, profile: ModelProfile) -> str:
         scheme = dataset_scheme(path)

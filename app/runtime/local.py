@@ -101,6 +101,7 @@ class LocalRuntime:
         self.endpoints = EndpointCache()
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._last_probe: dict[str, float] = {}
+        self._readiness_paths: dict[str, str] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -272,6 +273,7 @@ class LocalRuntime:
         restarts = status.get("restarts", 0)
         if endpoint is not None and endpoint.ready:
             state.phase = DeploymentStatus.READY
+            state.message = endpoint.message
         elif status.get("phase") in ("Exited", "BackOff") and restarts >= FAILED_AFTER_RESTARTS:
             state.phase = DeploymentStatus.FAILED
             words = _last_words(task_dir)
@@ -391,7 +393,11 @@ class LocalRuntime:
     # -- reconcile: endpoints, readiness, restarts -----------------------------------------
 
     def _put_endpoint(self, task_id: str, record: dict[str, Any], ready: bool, message: str | None = None) -> None:
-        profile = record["manifests"][0]["metadata"]["labels"].get(LABEL_PROFILE, "")
+        deployment = record["manifests"][0]
+        profile = deployment["metadata"]["labels"].get(LABEL_PROFILE, "")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        probe = container.get("readinessProbe", {}).get("httpGet", {})
+        self._readiness_paths[task_id] = probe.get("path", READINESS_PATH)
         url = f"http://127.0.0.1:{record['port']}"
         self.endpoints.put(Endpoint(task_id, url, ready, profile, message))
 
@@ -427,11 +433,15 @@ class LocalRuntime:
         assert self._session is not None
         ready, message = False, "model server is not answering yet"
         try:
-            async with self._session.get(endpoint.base_url + READINESS_PATH) as response:
+            path = self._readiness_paths.get(endpoint.task_id, READINESS_PATH)
+            async with self._session.get(endpoint.base_url + path) as response:
                 ready = response.status == 200
                 if not ready:
                     message = f"model server is loading (readiness answered {response.status})"
-        except (aiohttp.ClientError, TimeoutError):
+                else:  # a server may say how it serves (e.g. which engine it chose)
+                    body = await response.json(content_type=None)
+                    message = body.get("detail") if isinstance(body, dict) else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
             pass
         current = self.endpoints.get(endpoint.task_id)
         if current is not None and current.base_url == endpoint.base_url:

@@ -11,7 +11,9 @@ from app.schemas.common import CamelModel, KubernetesId, StrictCamelModel
 class DeployRequest(StrictCamelModel):
     task_id: KubernetesId
     model_id: KubernetesId
-    mlflow_run_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    mlflow_run_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    # Language-model profiles only: a model the profile allows, instead of an MLflow run.
+    model_reference: str | None = Field(default=None, min_length=1, max_length=512)
     model_profile: str = Field(min_length=1, max_length=128)
     use_gpu: bool = False
     replicas: int | None = Field(default=None, ge=1, le=64)
@@ -26,7 +28,8 @@ class DeploymentStatus(StrEnum):
 class DeploymentTask(CamelModel):
     task_id: str
     model_id: str
-    mlflow_run_id: str
+    mlflow_run_id: str | None = None
+    model_reference: str | None = None
     model_profile: str
     use_gpu: bool
     replicas: int
