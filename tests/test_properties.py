@@ -108,7 +108,7 @@ def test_any_valid_deploy_request_yields_objects_that_validate_strictly(task_id,
 
 
 @FAST
-@given(profile=st.sampled_from(["tabular_regression", "tabular_classification", "llm_lora"]), name=st.sampled_from(["numEpoch", "learningRate", "numBatch"]),
+@given(profile=trainable, name=st.sampled_from(["numEpoch", "learningRate", "numBatch"]),
        value=st.one_of(st.integers(-10**9, 0), st.integers(10**9, 10**12), st.text(max_size=5), st.booleans()))
 def test_out_of_bounds_or_mistyped_hyperparameters_are_refused(profile: str, name: str, value) -> None:
     spec = PROFILES[profile].hyperparameters[name]
