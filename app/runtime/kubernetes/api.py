@@ -7,7 +7,7 @@ Everything here blocks (the official client is synchronous): call it from a work
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,7 +234,7 @@ class ClusterApi:
         resource_version: str,
         timeout_seconds: int,
         watcher: RawWatch,
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Generator[dict[str, Any], None, None]:
         """Raw watch events ({"type", "object"}) from `resource_version` until the server ends the stream.
 
         Raises WatchExpired on 410; `watcher.stop()` from another thread ends it early.

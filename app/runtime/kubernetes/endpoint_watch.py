@@ -25,6 +25,7 @@ from app.schemas.inference import DeploymentStatus
 log = logging.getLogger(__name__)
 
 WATCHED = (DEPLOYMENTS, SERVICES)
+MAX_RETRY_DELAY_SECONDS = 30.0
 # Every inference object this API made: app.kubernetes.io/managed-by and mlops.dev/task-kind.
 INFERENCE_SELECTOR = task_selector(KIND_INFERENCE)
 
@@ -123,11 +124,13 @@ class EndpointWatch:
 
     def _run(self, resource: Resource) -> None:
         resource_version: str | None = None
+        failures = 0
         while not self._stopping.is_set():
             try:
                 if resource_version is None:
                     resource_version = self._relist(resource)
                     self._synced[resource].set()
+                    failures = 0
                 resource_version = self._follow(resource, resource_version)
                 # The server ended the stream (its timeout): credentials may have been refreshed since.
                 with self._lock:
@@ -138,9 +141,13 @@ class EndpointWatch:
             except Exception as exc:  # a dropped stream, an unreachable API: re-list after a pause
                 if self._stopping.is_set():
                     break
-                log.warning("watch of %s failed (%s: %s); re-listing", resource, type(exc).__name__, exc)
+                # While the API stays down, pause longer each time (up to MAX_RETRY_DELAY_SECONDS).
+                delay = min(MAX_RETRY_DELAY_SECONDS, self.retry_delay_seconds * 2**failures)
+                failures += 1
+                log.warning("watch of %s failed (%s: %s); re-listing in %.1f s", resource, type(exc).__name__, exc,
+                            delay)
                 resource_version = None
-                self._stopping.wait(self.retry_delay_seconds)
+                self._stopping.wait(delay)
 
     def _relist(self, resource: Resource) -> str:
         items, resource_version = self.api.list(resource, INFERENCE_SELECTOR)
@@ -210,6 +217,7 @@ class EndpointWatch:
             return None
         profile = (source["metadata"].get("labels") or {}).get(LABEL_PROFILE, "")
         target = self.route.target(_name(source))
+        message: str | None
         if deployment is None:
             ready, message = False, "the model's Deployment is missing"
         elif service is None:

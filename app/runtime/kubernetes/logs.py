@@ -7,7 +7,7 @@ Before the container starts there is no log; the reader says why instead ("pod n
 import contextlib
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from app.runtime.base import WorkloadState
@@ -95,7 +95,7 @@ class LogFollower:
         finally:
             response.release_conn()
 
-    def _wait_for_container(self) -> Iterator[bytes]:
+    def _wait_for_container(self) -> Generator[bytes, None, dict[str, Any] | None]:
         """Say why there is no log yet, each time the reason changes; return the pod once it started."""
         said = None
         while not self._cancelled.is_set():

@@ -5,8 +5,6 @@ back from the cluster alone: a restarted API, or a second replica, sees every ta
 methods run in worker threads (app/core/blocking.py); start() and close() run the endpoint watch.
 """
 
-from __future__ import annotations
-
 import asyncio
 import contextlib
 import logging
@@ -55,6 +53,11 @@ _PENDING = {TrainingStatus.PENDING, DeploymentStatus.PENDING}
 # Done well: their pods have nothing more to tell.
 _SETTLED = {TrainingStatus.SUCCEEDED, DeploymentStatus.READY}
 PhaseOf = Callable[[dict[str, Any], Sequence[dict[str, Any]], Sequence[dict[str, Any]]], Phase]
+# Named here because inside the class `list` is the Runtime method.
+Objects = list[dict[str, Any]]
+Made = list[tuple[Resource, dict[str, Any]]]
+PodsByTask = dict[str, Objects]
+States = list[WorkloadState]
 
 
 def _labels(obj: dict[str, Any]) -> dict[str, str]:
@@ -112,7 +115,7 @@ class KubernetesRuntime:
         self._refresh_task: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KubernetesRuntime:
+    def from_settings(cls, settings: Settings) -> "KubernetesRuntime":
         connection = connect(settings)
         return cls(
             connection.api_client,
@@ -144,8 +147,8 @@ class KubernetesRuntime:
 
     # -- the Runtime contract ------------------------------------------------------------------------
 
-    def create(self, kind: str, task_id: str, manifests: list[dict[str, Any]]) -> WorkloadState:
-        made: list[tuple[Resource, dict[str, Any]]] = []
+    def create(self, kind: str, task_id: str, manifests: Objects) -> WorkloadState:
+        made: Made = []
         try:
             for manifest in manifests:
                 made.append(self._create_one(kind, task_id, manifest, made))
@@ -159,7 +162,7 @@ class KubernetesRuntime:
         return self._states(kind, [first], pods={}, events=[])[0]
 
     def _create_one(
-        self, kind: str, task_id: str, manifest: dict[str, Any], made: list[tuple[Resource, dict[str, Any]]]
+        self, kind: str, task_id: str, manifest: dict[str, Any], made: Made
     ) -> tuple[Resource, dict[str, Any]]:
         resource = RESOURCE_OF_KIND[manifest["kind"]]
         name = manifest["metadata"]["name"]
@@ -184,7 +187,7 @@ class KubernetesRuntime:
             field="modelId" if kind == KIND_INFERENCE else "taskId",
         )
 
-    def _remove(self, made: list[tuple[Resource, dict[str, Any]]]) -> None:
+    def _remove(self, made: Made) -> None:
         for resource, obj in reversed(made):
             try:
                 self.api.delete(resource, obj["metadata"]["name"], obj["metadata"].get("uid"))
@@ -201,10 +204,10 @@ class KubernetesRuntime:
         states = self._states(kind, objects, task_id=task_id)
         return states[0] if states else None
 
-    def list(self, kind: str) -> list[WorkloadState]:
+    def list(self, kind: str) -> States:
         objects, _ = self.api.list(self._workload_resource(kind), task_selector(kind))
         # One object per task; were there several (someone copied one), the newest speaks for it.
-        by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        by_task: PodsByTask = defaultdict(list)
         for obj in objects:
             if _belongs(obj, kind):
                 by_task[_labels(obj)[LABEL_TASK_ID]].append(obj)
@@ -254,11 +257,11 @@ class KubernetesRuntime:
     def _states(
         self,
         kind: str,
-        objects: list[dict[str, Any]],
+        objects: Objects,
         task_id: str | None = None,
-        pods: dict[str, list[dict[str, Any]]] | None = None,
-        events: list[dict[str, Any]] | None = None,
-    ) -> list[WorkloadState]:
+        pods: PodsByTask | None = None,
+        events: Objects | None = None,
+    ) -> States:
         """States of `objects` (Jobs or Deployments), with pods and events read only when they can tell more."""
         phase_of: PhaseOf = training_phase if kind == KIND_TRAINING else inference_phase
         phases = {id(obj): phase_of(obj, [], []) for obj in objects}
@@ -274,9 +277,9 @@ class KubernetesRuntime:
             }
         return [self._state(kind, obj, *phases[id(obj)]) for obj in objects]
 
-    def _pods_by_task(self, kind: str, task_id: str | None) -> dict[str, list[dict[str, Any]]]:
+    def _pods_by_task(self, kind: str, task_id: str | None) -> PodsByTask:
         pods, _ = self.api.list(PODS, task_selector(kind, task_id))
-        by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        by_task: PodsByTask = defaultdict(list)
         for pod in pods:
             by_task[_labels(pod).get(LABEL_TASK_ID, "")].append(pod)
         return by_task
