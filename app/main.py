@@ -9,13 +9,14 @@ from app import shutdown
 from app.core.auth import Authenticator, authenticator_from
 from app.core.deployments import DeploymentService
 from app.core.manifests import ClusterRefs
+from app.core.openai_proxy import OpenAIProxy
 from app.core.proxy import PredictProxy
 from app.core.tracking import Tracking
 from app.core.training import TrainingService
 from app.errors import install_error_handlers
 from app.middleware import AuthMiddleware, BodyLimitMiddleware
 from app.profiles import load_profiles
-from app.routers import health, inference, training
+from app.routers import health, inference, openai, training
 from app.runtime.base import Runtime
 from app.settings import RuntimeKind, Settings
 from models import HANDLERS
@@ -85,15 +86,18 @@ def create_app(
     tracking = tracking or Tracking(settings.mlflow_uri or "")
     refs = ClusterRefs(config_map=settings.config_map_name, s3_secret=settings.s3_secret_name)
     proxy = PredictProxy(runtime.endpoints, profiles)
+    openai_proxy = OpenAIProxy(runtime.endpoints, profiles)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         shutdown.watch_signals()
         await runtime.start()
         await proxy.start()
+        await openai_proxy.start()
         try:
             yield
         finally:
+            await openai_proxy.close()
             await proxy.close()
             await runtime.close()
 
@@ -107,6 +111,7 @@ def create_app(
     app.state.profiles = profiles
     app.state.runtime = runtime
     app.state.proxy = proxy
+    app.state.openai_proxy = openai_proxy
     app.state.training = TrainingService(runtime, profiles, tracking, refs)
     app.state.deployments = DeploymentService(runtime, profiles, tracking, refs)
     install_error_handlers(app)
@@ -118,4 +123,5 @@ def create_app(
     app.include_router(health.router)
     app.include_router(training.router)
     app.include_router(inference.router)
+    app.include_router(openai.router)
     return app

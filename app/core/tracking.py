@@ -70,3 +70,11 @@ class Tracking:
             max_results=1,
         )
         return runs[0].info.run_id if runs else None
+
+    def latest_metrics(self, run_id: str) -> dict[str, float]:
+        """The run's latest value of each metric; empty when MLflow cannot say."""
+        try:
+            return dict(self.client.get_run(run_id).data.metrics)
+        except Exception as exc:
+            log.warning("reading the metrics of run %s failed: %s", run_id, exc)
+            return {}

@@ -12,8 +12,16 @@ from app.core.tracking import Tracking
 from app.errors import Forbidden, InvalidSpec, TaskNotFound
 from app.profiles import ModelProfile
 from app.runtime.base import AlreadyExists, Runtime, WorkloadState
-from app.schemas.training import TrainingStatus, TrainingTask, TrainRequest
+from app.schemas.training import TrainingProgress, TrainingStatus, TrainingTask, TrainRequest
 from models.spec import TrainSpec, dataset_scheme
+
+PROGRESS_METRICS = {"step": "progress_step", "total_steps": "progress_total_steps",
+                    "epoch": "progress_epoch", "total_epochs": "progress_total_epochs"}
+
+
+def progress_of(metrics: dict[str, float]) -> TrainingProgress | None:
+    found = {field: int(metrics[name]) for field, name in PROGRESS_METRICS.items() if name in metrics}
+    return TrainingProgress(**found) if found else None
 
 
 def find_profile(profiles: dict[str, ModelProfile], name: str) -> ModelProfile:
@@ -144,7 +152,11 @@ class TrainingService:
             run_id = await run_blocking(self.tracking.find_task_run, request["experimentName"], state.task_id)
             if run_id:
                 self._run_ids[state.uid] = run_id
+        progress = None
+        if run_id and state.phase == TrainingStatus.RUNNING:
+            progress = progress_of(await run_blocking(self.tracking.latest_metrics, run_id))
         return TrainingTask(
+            progress=progress,
             task_id=state.task_id,
             status=TrainingStatus(state.phase),
             message=state.message,

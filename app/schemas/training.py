@@ -37,6 +37,15 @@ class TrainingStatus(StrEnum):
     FAILED = "Failed"
 
 
+class TrainingProgress(CamelModel):
+    """Where a running job is, from the progress metrics its trainer logs to MLflow."""
+
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: int | None = None
+    total_epochs: int | None = None
+
+
 class TrainingTask(CamelModel):
     task_id: str
     status: TrainingStatus
@@ -54,6 +63,7 @@ class TrainingTask(CamelModel):
     start_time: datetime | None = None
     completion_time: datetime | None = None
     mlflow_run_id: str | None = None
+    progress: TrainingProgress | None = None
 
 
 class TrainingTaskList(CamelModel):
