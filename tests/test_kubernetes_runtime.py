@@ -239,6 +239,20 @@ def test_image_pull_backoff_keeps_training_pending_and_fails_inference(fake: Fak
     assert phase_and_message(runtime, KIND_INFERENCE, "deploy-a") == ("Failed", "ErrImagePull: manifest unknown")
 
 
+def test_a_missing_config_map_is_told_as_the_container_config_error(fake: FakeKube, runtime) -> None:
+    missing = 'couldn\'t find key MLFLOW_TRACKING_URI in ConfigMap mlops-test/mlops-config'
+    runtime.create(KIND_TRAINING, "train-a", training_task("train-a")[1])
+    fake.add_pod("jobs", "train-train-a", pod_status.waiting("CreateContainerConfigError", missing))
+    assert phase_and_message(runtime, KIND_TRAINING, "train-a") == (
+        "Pending", f"CreateContainerConfigError: {missing}"
+    )
+    deploy(runtime)
+    fake.add_pod("deployments", "infer-model-a", pod_status.waiting("CreateContainerConfigError", missing))
+    assert phase_and_message(runtime, KIND_INFERENCE, "deploy-a") == (
+        "Failed", f"CreateContainerConfigError: {missing}"
+    )
+
+
 def test_inference_phases_pending_ready_crash_loop_and_progress_deadline(fake: FakeKube, runtime) -> None:
     deploy(runtime, "starting", "model-s")
     fake.add_pod("deployments", "infer-model-s", pod_status.running(ready=False))
@@ -279,6 +293,16 @@ def test_logs_say_why_there_are_none_yet_then_tail_the_pod(fake: FakeKube, runti
     fake.write_log(pod, "".join(f'{{"epoch": {n}}}\n' for n in range(1, 6)))
     assert runtime.read_logs(KIND_TRAINING, "train-a", 2) == '{"epoch": 4}\n{"epoch": 5}\n'
     assert runtime.read_logs(KIND_TRAINING, "train-a", None).count("epoch") == 5
+
+
+def test_inference_logs_come_from_the_newest_model_server_pod(fake: FakeKube, runtime) -> None:
+    deploy(runtime)
+    crashed = fake.add_pod("deployments", "infer-model-a", pod_status.crash_looping(1, message="no such run"))
+    fake.write_log(crashed, "loading model\nMlflowException: no such run\n")
+    assert runtime.read_logs(KIND_INFERENCE, "deploy-a", 1) == "MlflowException: no such run\n"
+    replacement = fake.add_pod("deployments", "infer-model-a", pod_status.running())
+    fake.write_log(replacement, "model loaded\n")
+    assert runtime.read_logs(KIND_INFERENCE, "deploy-a", None) == "model loaded\n"
 
 
 def test_follow_waits_for_the_pod_then_streams_until_the_container_ends(

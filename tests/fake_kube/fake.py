@@ -87,7 +87,6 @@ class FakeKube:
         self.closing = False
         self.watch_drops = 0
         self.watch_ends = 0
-        self._watches_opened: dict[str, int] = {}
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._watch_gate = threading.Event()
@@ -157,10 +156,6 @@ class FakeKube:
             if self.closing:
                 return
 
-    def watch_opened(self, resource: str) -> None:
-        with self._lock:
-            self._watches_opened[resource] = self._watches_opened.get(resource, 0) + 1
-
     # -- faults -------------------------------------------------------------------------------------
 
     def fail_next(
@@ -198,10 +193,6 @@ class FakeKube:
 
     def compact(self) -> None:
         self.store.compact()
-
-    def watches_opened(self, resource: str) -> int:
-        with self._lock:
-            return self._watches_opened.get(resource, 0)
 
     # -- the recorder -------------------------------------------------------------------------------
 

@@ -268,7 +268,6 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
                 first, finished = [{"type": "ADDED", "object": obj} for obj in items], False
             else:
                 first, cursor, finished = [], int(requested), False
-        fake.watch_opened(route.plural)
         self._start_chunks("application/json")
         for event in first:
             self._chunk(json.dumps(event).encode() + b"\n")
@@ -296,8 +295,10 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
             raise ApiError(404, "NotFound", f'pods "{route.name}" not found')
         container = query.get("container") or pod["spec"]["containers"][0]["name"]
         statuses = (pod.get("status") or {}).get("containerStatuses") or []
-        state = next((s.get("state") or {} for s in statuses if s.get("name") == container), {})
-        if not state.keys() & {"running", "terminated"}:
+        status = next((s for s in statuses if s.get("name") == container), {})
+        state = status.get("state") or {}
+        # A container waiting to restart still has its last run's log.
+        if not state.keys() & {"running", "terminated"} and "terminated" not in (status.get("lastState") or {}):
             reason = (state.get("waiting") or {}).get("reason", "ContainerCreating")
             raise ApiError(400, "BadRequest", f'container "{container}" in pod "{route.name}" is waiting to start: '
                                               f"{reason}")

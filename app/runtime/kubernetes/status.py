@@ -107,9 +107,12 @@ def pod_trouble(pod: dict[str, Any]) -> PodTrouble | None:
 
 
 def container_started(pod: dict[str, Any]) -> bool:
-    """Whether the pod's main container runs or ran (so it has logs)."""
+    """Whether the pod's main container runs or ran (so it has logs: a crash-looping one, its last run's)."""
     statuses = _status(pod).get("containerStatuses") or []
-    return any((s.get("state") or {}).keys() & {"running", "terminated"} for s in statuses)
+    return any(
+        (s.get("state") or {}).keys() & {"running", "terminated"} or "terminated" in (s.get("lastState") or {})
+        for s in statuses
+    )
 
 
 def not_started_reason(pod: dict[str, Any]) -> str:
