@@ -33,9 +33,13 @@ class TrainContext:
 class Predictor(Protocol):
     n_features: int
     feature_names: list[str]
+    # How predictions are computed, e.g. "numpy linear" for a form prepared at load time and
+    # checked against the framework, or the framework's own call; /metadata reports it.
+    form: str
 
     def predict(self, rows: np.ndarray) -> dict[str, Any]:
-        """Rows of shape (n, n_features) -> a JSON-ready dict with at least "predictions"."""
+        """Rows of shape (n, n_features) -> a dict with at least "predictions", ready for orjson
+        (numpy arrays included)."""
         ...
 
 

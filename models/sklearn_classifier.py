@@ -86,6 +86,8 @@ class HistGradientBoostingClassifierHandler:
 
 
 class ClassifierPredictor:
+    form = "sklearn.predict_proba"
+
     def __init__(self, model: HistGradientBoostingClassifier, feature_names: list[str]):
         self.model = model
         self.feature_names = feature_names

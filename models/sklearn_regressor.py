@@ -19,7 +19,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from models.base import InputError, TabularData, TrainContext, TrainingError
-from models.datasets import split
+from models.datasets import load_tabular, split
 from models.spec import MODEL_ARTIFACT_PATH
 
 # skops loads only the types it is told to trust beyond its safe defaults: a forest's trees.
@@ -35,6 +35,10 @@ Form = Callable[[np.ndarray], np.ndarray]
 class SklearnRegressorHandler:
     categorical_target = False
     allows_missing_features = False
+
+    def load_dataset(self, path: str, target_column: str | None) -> TabularData:
+        return load_tabular(path, target_column, categorical_target=self.categorical_target,
+                            allows_missing_features=self.allows_missing_features)
 
     def train(self, data: TabularData, context: TrainContext) -> dict[str, float]:
         hp = context.hyperparameters
@@ -164,8 +168,10 @@ def forest_form(model: Any) -> Form | None:
         return total / count
 
     def predict(rows: np.ndarray) -> np.ndarray:
-        # The forest predicts on float32 features, as scikit-learn converts them.
-        rows32 = np.ascontiguousarray(rows, dtype=np.float32)
+        # The forest predicts on float32 features, as scikit-learn converts them; too large a value
+        # becomes infinite (refused below, as scikit-learn refuses it).
+        with np.errstate(over="ignore"):
+            rows32 = np.ascontiguousarray(rows, dtype=np.float32)
         if not np.isfinite(rows32).all():
             raise InputError("features must fit in float32 for this model (|value| < 3.4e38)")
         return walk_all(rows32) if len(rows32) <= FLAT_FOREST_MAX_ROWS else tree_by_tree(rows32)

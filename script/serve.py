@@ -31,7 +31,9 @@ from models.spec import (
     ServeSpec,
 )
 
-JSON_HEADERS = [(b"content-type", b"application/json")]
+JSON_TYPE = (b"content-type", b"application/json")
+# numpy arrays in a prediction (the fast forms return them) serialize without a .tolist() copy.
+DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
 def error(status: int, code: str, message: str, field: str | None = None) -> tuple[int, bytes]:
@@ -58,6 +60,18 @@ def extract_rows(payload: Any, n_features: int, max_rows: int) -> np.ndarray:
         rows = [rows]  # a single row given flat
     if len(rows) > max_rows:
         raise InputError(f"data.features has {len(rows)} rows; at most {max_rows} per request")
+    # The common case in one numpy call; anything it refuses is examined row by row below, to say
+    # which row is wrong and how.
+    try:
+        array = np.array(rows, dtype=np.float64)
+        if array.ndim == 2 and array.shape[1] == n_features:
+            return array
+    except (TypeError, ValueError):
+        pass
+    return _checked_rows(rows, n_features)
+
+
+def _checked_rows(rows: list, n_features: int) -> np.ndarray:
     for index, row in enumerate(rows):
         if not isinstance(row, list) or len(row) != n_features:
             got = f"{len(row)} values" if isinstance(row, list) else type(row).__name__
@@ -79,6 +93,7 @@ class InferenceApp:
             "taskId": spec.task_id, "modelId": spec.model_id, "modelUri": spec.model_uri,
             "modelProfile": spec.model_profile, "handler": spec.handler, "device": device,
             "features": predictor.n_features, "featureNames": predictor.feature_names,
+            "form": predictor.form,
             "loadSeconds": round(load_seconds, 3),
         })
 
@@ -89,7 +104,7 @@ class InferenceApp:
             return error(400, "invalid_json", f"body is not valid JSON: {exc}")
         try:
             rows = extract_rows(payload, self.predictor.n_features, self.spec.max_rows)
-            return 200, orjson.dumps(self.predictor.predict(rows), option=orjson.OPT_SERIALIZE_NUMPY)
+            return 200, orjson.dumps(self.predictor.predict(rows), option=DUMP_OPTIONS)
         except InputError as exc:
             return error(422, "invalid_input", str(exc), "data.features")
 
@@ -125,7 +140,9 @@ class InferenceApp:
             status, payload = error(413, "payload_too_large", f"body is larger than {limit} bytes")
         else:
             status, payload = self.route(scope["method"], scope["path"], b"".join(chunks))
-        await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS})
+        # A Content-Length spares the response chunked encoding, for us and for every client.
+        headers = [JSON_TYPE, (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
 
@@ -152,22 +169,28 @@ def main() -> int:
         return fail(f"{SERVE_SPEC_ENV} is missing or invalid: {exc}")
     from models import get_handler
 
+    handler = get_handler(spec.handler)
+    if getattr(handler, "serves_openai", False):  # a language model: vLLM or the CPU engine
+        from script.openai_server import main as serve_language_model
+
+        return serve_language_model(spec, sys.argv[1:], fail)
     started = time.monotonic()
     device = choose_device(spec.use_gpu)
     try:
-        predictor = get_handler(spec.handler).load(spec.model_uri, device)
+        predictor = handler.load(spec.model_uri, device)
     except Exception as exc:
         return fail(f"cannot load model {spec.model_uri}: {type(exc).__name__}: {exc}")
     load_seconds = time.monotonic() - started
     host = os.environ.get(SERVE_HOST_ENV, "0.0.0.0")
     port = int(os.environ.get(SERVE_PORT_ENV, "8080"))
     print(orjson.dumps({"message": "model loaded", "modelUri": spec.model_uri, "device": device,
-                        "features": predictor.n_features, "seconds": round(load_seconds, 2),
-                        "listen": f"{host}:{port}"}).decode(), flush=True)
+                        "features": predictor.n_features, "form": predictor.form,
+                        "seconds": round(load_seconds, 2), "listen": f"{host}:{port}"}).decode(), flush=True)
     import uvicorn
 
-    uvicorn.run(InferenceApp(spec, predictor, device, load_seconds), host=host, port=port,
-                log_level="warning", access_log=False, lifespan="off")
+    # httptools and uvloop (uvicorn[standard]): the fastest parser and loop uvicorn has.
+    uvicorn.run(InferenceApp(spec, predictor, device, load_seconds), host=host, port=port, http="httptools",
+                loop="uvloop", log_level="warning", access_log=False, lifespan="off", server_header=False)
     return 0
 
 

@@ -1,10 +1,23 @@
-"""The model server's request parsing: the seed's body and its common variants, and clear refusals."""
+"""The model server: request parsing (the seed's body, its variants, clear refusals), the HTTP
+answers of the ASGI app, and the fast forms prepared at load time, which must give the
+framework's own predictions or give way to the framework."""
+
+import asyncio
+from typing import Any
 
 import numpy as np
+import orjson
 import pytest
+import torch
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import LinearRegression, Ridge
+from sklearn.neighbors import KNeighborsRegressor
 
 from models.base import InputError
-from script.serve import extract_rows
+from models.sklearn_regressor import FLAT_FOREST_MAX_ROWS, RegressorPredictor
+from models.spec import ServeSpec
+from models.torch_mlp import ScaledMlp, TorchMlpPredictor
+from script.serve import InferenceApp, extract_rows
 
 
 def test_seed_body_and_variants() -> None:
@@ -13,6 +26,7 @@ def test_seed_body_and_variants() -> None:
     assert extract_rows({"features": [[1, 2, 3]]}, 3, 10).shape == (1, 3)
     assert extract_rows({"instances": [[1, 2, 3]]}, 3, 10).dtype == np.float64
     assert extract_rows({"data": {"features": [1, 2, 3]}}, 3, 10).shape == (1, 3)  # one flat row
+    assert extract_rows({"inputs": [[0.5] * 3] * 100}, 3, 100).shape == (100, 3)
 
 
 @pytest.mark.parametrize(
@@ -22,7 +36,9 @@ def test_seed_body_and_variants() -> None:
         ({"data": {}}, "data.features"),
         ({"data": {"features": []}}, "non-empty"),
         ({"data": {"features": [[1, 2]]}}, "expects 3 features"),
+        ({"data": {"features": [[1, 2, 3, 4]]}}, "data.features[0] has 4 values"),
         ({"data": {"features": [[1, 2, 3], [1, 2]]}}, "data.features[1] has 2 values"),
+        ({"data": {"features": [[1, 2, 3], 7]}}, "data.features[1] has int"),
         ({"data": {"features": [[1, "x", 3]]}}, "only numbers"),
         ({"data": {"features": [[1, [2], 3]]}}, "numbers"),
         ({"data": {"features": [[1, 2, 3]] * 11}}, "at most 10"),
@@ -32,3 +48,148 @@ def test_bad_payloads_are_refused_clearly(payload: object, words: str) -> None:
     with pytest.raises(InputError) as error:
         extract_rows(payload, 3, 10)
     assert words in str(error.value)
+
+
+def call(app: InferenceApp, method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One request through the ASGI app, as uvicorn would make it (the body in two chunks)."""
+    incoming = [{"type": "http.request", "body": body[: len(body) // 2], "more_body": True},
+                {"type": "http.request", "body": body[len(body) // 2 :], "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app({"type": "http", "method": method, "path": path, "headers": []}, receive, send))
+    headers = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+    return sent[0]["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def linear_app(max_request_bytes: int = 10_000) -> tuple[InferenceApp, LinearRegression]:
+    rng = np.random.default_rng(3)
+    model = LinearRegression().fit(rng.normal(size=(50, 3)), rng.normal(size=50))
+    spec = ServeSpec(task_id="t", model_id="m", model_uri="runs:/x/model", model_profile="p", handler="h",
+                     max_rows=100, max_request_bytes=max_request_bytes)
+    return InferenceApp(spec, RegressorPredictor(model, ["a", "b", "c"]), "cpu", 0.1), model
+
+
+def test_the_server_answers_predictions_with_a_content_length() -> None:
+    app, model = linear_app()
+    rows = [[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]]
+    status, headers, body = call(app, "POST", "/predict", orjson.dumps({"data": {"features": rows}}))
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert int(headers["content-length"]) == len(body)  # no chunked encoding
+    assert orjson.loads(body)["predictions"] == pytest.approx(model.predict(np.array(rows)).tolist(), rel=1e-12)
+    assert orjson.loads(call(app, "GET", "/metadata", b"")[2])["form"] == "numpy linear"
+
+
+def test_the_server_refuses_wrong_shapes_bad_json_and_big_bodies() -> None:
+    app, _ = linear_app(max_request_bytes=200)
+    status, _, body = call(app, "POST", "/predict", b'{"data": {"features": [[1, 2]]}}')
+    assert status == 422 and "expects 3 features" in orjson.loads(body)["error"]["message"]
+    status, _, body = call(app, "POST", "/predict", b'{"data": {"features": [[1, 2, NaN]]}}')
+    assert status == 400 and orjson.loads(body)["error"]["code"] == "invalid_json"
+    status, _, body = call(app, "POST", "/predict", b'{"data": {"features": [[1, 2, 1e999]]}}')
+    assert status in (400, 422)  # orjson refuses an infinite literal; either way it is not predicted
+    status, _, _ = call(app, "POST", "/predict", b"[" + b"1," * 200 + b"1]")
+    assert status == 413
+
+
+def random_rows(count: int, features: int, seed: int = 11) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(count, features)) * rng.uniform(0.1, 100, size=features)
+
+
+def test_linear_fast_form_equals_scikit_learn() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8))
+    for model in (LinearRegression().fit(x, x @ rng.normal(size=8) + 4), Ridge(alpha=2.0).fit(x, x[:, 0] - 1)):
+        predictor = RegressorPredictor(model, [])
+        assert predictor.form == "numpy linear"
+        for rows in (random_rows(1, 8), random_rows(257, 8, seed=5)):
+            got = predictor.predict(rows)["predictions"]
+            np.testing.assert_allclose(got, model.predict(rows), rtol=1e-12, atol=1e-12)
+
+
+def test_forest_fast_form_equals_scikit_learn_on_small_and_large_batches() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-3, 3, size=(400, 5))
+    model = RandomForestRegressor(n_estimators=15, random_state=0).fit(x, np.sin(x[:, 0]) * x[:, 1] + x[:, 2])
+    predictor = RegressorPredictor(model, [], example=x[:5])
+    assert predictor.form == "numpy forest"
+    for count in (1, FLAT_FOREST_MAX_ROWS, FLAT_FOREST_MAX_ROWS + 1, 300):
+        rows = rng.uniform(-4, 4, size=(count, 5))
+        np.testing.assert_allclose(predictor.predict(rows)["predictions"], model.predict(rows), rtol=1e-12)
+
+
+class ShiftedLinear(LinearRegression):
+    """A linear model whose predict is not `x @ coef + intercept`: the fast form must not be used."""
+
+    def predict(self, X: Any) -> np.ndarray:
+        return super().predict(X) + 1.0
+
+
+def test_framework_path_when_no_fast_form_fits_or_it_disagrees() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(100, 4))
+    y = x.sum(axis=1)
+    for model in (KNeighborsRegressor(n_neighbors=3).fit(x, y), ShiftedLinear().fit(x, y)):
+        predictor = RegressorPredictor(model, [])
+        assert predictor.form == "sklearn.predict"
+        rows = random_rows(20, 4)
+        np.testing.assert_array_equal(predictor.predict(rows)["predictions"], model.predict(rows))
+
+
+def test_regressor_refuses_non_finite_rows() -> None:
+    predictor = RegressorPredictor(LinearRegression().fit(np.eye(3), [1.0, 2.0, 3.0]), [])
+    with pytest.raises(InputError, match="finite"):
+        predictor.predict(np.array([[1.0, np.nan, 0.0]]))
+    forest = RegressorPredictor(RandomForestRegressor(n_estimators=2).fit(np.eye(3), [1.0, 2.0, 3.0]), [])
+    with pytest.raises(InputError, match="float32"):
+        forest.predict(np.array([[1e300, 0.0, 0.0]]))  # finite in float64, infinite for the trees
+
+
+def exported_mlp(hidden_layers: int = 2) -> tuple[torch.nn.Module, ScaledMlp]:
+    """The model as script/serve.py gets it from MLflow's pt2 flavour: a torch.export program."""
+    torch.manual_seed(0)
+    model = ScaledMlp(6, 16, hidden_layers)
+    x = torch.randn(200, 6) * 5 + 2
+    model.fit_scaling(x, x.sum(dim=1) * 3 + 7)
+    model.eval()
+    program = torch.export.export(model, (x[:4],), dynamic_shapes=({0: torch.export.Dim("rows", min=1)},))
+    return program.module(), model
+
+
+def test_mlp_numpy_form_equals_the_exported_program() -> None:
+    module, model = exported_mlp()
+    predictor = TorchMlpPredictor(module, "cpu", [f"f{i}" for i in range(6)])
+    assert predictor.form == "numpy"
+    for rows in (random_rows(1, 6), random_rows(300, 6, seed=4)):
+        with torch.inference_mode():
+            want = model(torch.from_numpy(rows.astype(np.float32))).numpy()
+        np.testing.assert_allclose(predictor.predict(rows)["predictions"], want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(InputError, match="finite"):
+        predictor.predict(np.array([[np.inf] * 6]))
+
+
+def test_mlp_keeps_torch_when_the_weights_are_not_a_scaled_mlp() -> None:
+    module, _ = exported_mlp()
+
+    class Wrapped(torch.nn.Module):  # the same program with one more parameter: not ScaledMlp's state
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = module
+            self.offset = torch.nn.Parameter(torch.tensor(0.5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x) + self.offset
+
+    wrapped = Wrapped()  # (an exported program cannot switch to eval mode; it has no training mode)
+    predictor = TorchMlpPredictor(wrapped, "cpu", [f"f{i}" for i in range(6)])
+    assert predictor.form == "torch"
+    rows = random_rows(3, 6)
+    with torch.inference_mode():
+        want = wrapped(torch.from_numpy(rows.astype(np.float32))).numpy()
+    np.testing.assert_allclose(predictor.predict(rows)["predictions"], want, rtol=1e-6)

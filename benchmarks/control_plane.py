@@ -1,0 +1,93 @@
+"""Our control plane in front of our model server, as a user runs it: `python -m app` on the local
+runtime with MLOPS_WORKERS API workers, a deployment created through the API, predicts through
+`POST /api/v1/inference/{task_id}/predict`; and the same model server called directly."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import yaml
+
+from benchmarks.models import HANDLER, BenchModel
+from benchmarks.processes import Server, free_port, request
+from models import HANDLERS
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TASK_ID = "bench-predict"
+SUPERVISOR = "app.runtime.local_supervisor"
+
+
+class SetupError(Exception):
+    """The project is not ready for this benchmark; the message says what to change."""
+
+
+def regression_profile(profiles_path: Path = PROJECT_ROOT / "model_profiles.yaml") -> str:
+    """The profile that serves scikit-learn regressors (handler sklearn_regressor)."""
+    if HANDLER not in HANDLERS:
+        raise SetupError(f"the '{HANDLER}' handler is not registered: add "
+                         f"\"{HANDLER}\": \"models.sklearn_regressor:SklearnRegressorHandler\" to HANDLERS "
+                         "in models/__init__.py")
+    profiles = yaml.safe_load(profiles_path.read_text())["profiles"]
+    for name, profile in profiles.items():
+        if profile.get("handler") == HANDLER:
+            return name
+    raise SetupError(f"no profile in {profiles_path} uses handler '{HANDLER}'; add one (see docs/benchmarks.md)")
+
+
+class ControlPlane:
+    def __init__(self, work: Path, tracking_uri: str, workers: int):
+        self.data_dir = work / "control-plane"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {"MLOPS_DATA_DIR": str(self.data_dir), "MLOPS_PORT": str(self.port), "MLOPS_MLFLOW_URI": tracking_uri,
+               "MLOPS_WORKERS": str(workers)}
+        self.server = Server(f"control plane ({workers} worker{'s' if workers > 1 else ''})",
+                             [sys.executable, "-m", "app"], self.url + "/readyz", env, PROJECT_ROOT,
+                             work / f"control-plane-{workers}w.log")
+
+    @property
+    def predict_url(self) -> str:
+        return f"{self.url}/api/v1/inference/{TASK_ID}/predict"
+
+    def start(self, cpus: str | None = None) -> "ControlPlane":
+        self.server.start(cpus)
+        return self
+
+    def deploy(self, model: BenchModel, profile: str, timeout: float = 120.0) -> None:
+        """Deploy the model (or keep the deployment a previous API process made) and wait until Ready."""
+        body = orjson.dumps({"taskId": TASK_ID, "modelId": f"bench-{model.key}", "mlflowRunId": model.run_id,
+                             "modelProfile": profile})
+        status, answer = request(self.url + "/api/v1/inference/deployments", "POST", body)
+        if status not in (200, 201):
+            raise RuntimeError(f"deploy answered {status}: {answer[:500]!r}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, answer = request(f"{self.url}/api/v1/inference/deployments/{TASK_ID}")
+            state = json.loads(answer) if status == 200 else {}
+            if state.get("status") == "Ready":
+                return
+            if state.get("status") == "Failed":
+                raise RuntimeError(f"deployment failed: {state.get('message')}")
+            time.sleep(0.2)
+        raise RuntimeError(f"deployment not Ready within {timeout:.0f} s")
+
+    def direct_url(self) -> str:
+        """The model server the deployment runs, addressed without the API: the loopback port the
+        local runtime gave its Service (recorded in the task's directory)."""
+        record = json.loads((self.data_dir / "tasks" / "inference" / TASK_ID / "task.json").read_text())
+        return f"http://127.0.0.1:{record['port']}/predict"
+
+    def api_rss_mib(self) -> float:
+        # The model server runs under the API's supervisor: counted on its own, not here.
+        return self.server.rss_mib(skip=lambda command: SUPERVISOR in command)
+
+    def undeploy(self) -> None:
+        """Remove the deployment, which stops its model server."""
+        status, answer = request(f"{self.url}/api/v1/inference/deployments/{TASK_ID}", "DELETE", timeout=60)
+        if status not in (200, 404):
+            raise RuntimeError(f"undeploy answered {status}: {answer[:500]!r}")
+
+    def stop(self) -> None:
+        self.server.stop()

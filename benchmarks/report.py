@@ -1,0 +1,167 @@
+"""docs/benchmarks.md from one harness run: the machine, the load on it, the versions, the command,
+and every pass's figures, ours beside the peers'."""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import metadata
+
+from benchmarks.results import Measurement
+
+OUR_PACKAGES = ("uvicorn", "httptools", "uvloop", "orjson", "numpy", "scikit-learn", "aiohttp", "fastapi", "starlette")
+PEER_NAMES = ("mlflow", "mlserver", "kserve")
+
+
+@dataclass(frozen=True)
+class Context:
+    started: datetime
+    finished: datetime
+    command: str
+    machine: dict[str, str]
+    load_before: str
+    load_after: str
+    pinned: bool
+    versions: dict[str, dict[str, str]]
+    models: dict[str, str]
+    seconds: float
+    latency_seconds: float
+
+
+def _our_versions() -> str:
+    found = []
+    for name in OUR_PACKAGES:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def _cell(value: float | None, digits: int = 0) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"
+
+
+def _server_table(rows: list[Measurement], loads: list[str]) -> list[str]:
+    by_server: dict[tuple[str, int], dict[str, Measurement]] = defaultdict(dict)
+    for m in rows:
+        by_server[(m.server, m.pass_number)][m.load.name] = m
+    header = ["server", "pass"]
+    for load in loads:
+        header += [f"{load} req/s", f"{load} p50 ms", f"{load} p99 ms"]
+    header += ["start-up to Ready s", "RSS MiB", "errors"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for (server, number), cells in sorted(by_server.items(), key=lambda item: (item[0][0] != "ours", item[0])):
+        any_m = next(iter(cells.values()))
+        row = [server, str(number)]
+        for load in loads:
+            m = cells.get(load)
+            row += [_cell(m.result.rps if m else None), _cell(m.result.p50_ms if m else None, 2),
+                    _cell(m.result.p99_ms if m else None, 1)]
+        errors = sum(m.result.errors for m in cells.values())
+        row += [_cell(any_m.startup_seconds, 1), _cell(any_m.rss_mib), str(errors)]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _ratios(rows: list[Measurement], load: str) -> list[str]:
+    """Ours against the fastest peer, pass by pass."""
+    lines = []
+    for number in sorted({m.pass_number for m in rows}):
+        ours = next((m for m in rows if m.pass_number == number and m.server == "ours" and m.load.name == load), None)
+        peers = [m for m in rows if m.pass_number == number and m.server in PEER_NAMES and m.load.name == load]
+        if ours is None or not peers:
+            continue
+        best = max(peers, key=lambda m: m.result.rps)
+        lowest_p99 = min(peers, key=lambda m: m.result.p99_ms)
+        lines.append(f"- pass {number}, {load}: ours {ours.result.rps:,.0f} req/s = "
+                     f"**{ours.result.rps / best.result.rps:.1f}x** the fastest peer ({best.server}, "
+                     f"{best.result.rps:,.0f} req/s); p99 {ours.result.p99_ms:.1f} ms against the best peer p99 "
+                     f"{lowest_p99.result.p99_ms:.1f} ms ({lowest_p99.server})")
+    return lines
+
+
+def _proxy_lines(rows: list[Measurement]) -> list[str]:
+    """Proxied against direct, per pass and worker count: share of req/s at c=32, added p50 at c=1."""
+    def find(number: int, workers: int | None, route: str, connections: int) -> Measurement | None:
+        return next((m for m in rows if (m.pass_number, m.workers, m.route, m.load.connections)
+                     == (number, workers, route, connections)), None)
+
+    lines = []
+    for m in rows:
+        if m.route != "proxied" or m.load.connections != 32:
+            continue
+        direct = find(m.pass_number, m.workers, "direct", 32)
+        if direct is None:
+            continue
+        text = (f"- pass {m.pass_number}, {m.workers} API worker(s): through the control plane "
+                f"**{m.result.rps / direct.result.rps:.0%}** of the direct requests per second at c=32")
+        single = find(m.pass_number, m.workers, "proxied", 1)
+        single_direct = find(m.pass_number, m.workers, "direct", 1)
+        if single and single_direct:
+            text += f"; **{single.result.p50_ms - single_direct.result.p50_ms:+.2f} ms** on the p50 at c=1"
+        lines.append(text)
+    return lines
+
+
+def render(context: Context, measurements: list[Measurement]) -> str:
+    out = [
+        "# Predict path benchmark",
+        "",
+        "Written by `make bench` (`benchmarks/run.py`); rerun it to refresh every figure below. Figures of one run",
+        "compare with each other only: same machine, same models, servers started one at a time, passes in",
+        "alternating order.",
+        "",
+        "## Setup",
+        "",
+        f"- run: {context.started:%Y-%m-%d %H:%M} to {context.finished:%H:%M} UTC, command `{context.command}`",
+        f"- machine: {context.machine['cpu']}, {context.machine['cores']} cores, {context.machine['memory']}, "
+        f"{context.machine['os']}",
+        f"- load average (1, 5, 15 min) before: {context.load_before}; after: {context.load_after} "
+        "(other work on the machine shares its cores)",
+        f"- load generator: {context.machine['wrk']}, `wrk -t1 -c32 -d{context.seconds:g}s --latency` for the "
+        f"c=32 figures and `-c1 -d{context.latency_seconds:g}s` for the c=1 ones, after a 1 s warm-up each, POSTing "
+        "one JSON body (benchmarks/wrk_post.lua)",
+        "- CPU pinning: " + ("servers on CPU 1, wrk on CPU 0 (`taskset`)" if context.pinned else
+                             "none (the servers, the control plane and wrk share both cores)"),
+        "- every server is checked first to answer scikit-learn's own predictions for the benchmark's rows",
+        f"- ours: Python {context.machine['python']}, {_our_versions()}",
+    ]
+    for name in PEER_NAMES:
+        if name in context.versions:
+            out.append(f"- {name} environment: " + ", ".join(f"{k} {v}" for k, v in
+                                                            sorted(context.versions[name].items())))
+    out += [
+        "",
+        "Servers, one worker each: ours is `script/serve.py` (handler `sklearn_regressor`, loading `runs:/<id>/model`",
+        "from MLflow); `mlflow models serve -w 1 --env-manager local` on the same MLflow model (`inputs` body, tensor",
+        "signature); MLServer with mlserver-sklearn on the same estimator saved with joblib (V2 `infer`,",
+        "`parallel_workers: 0`: inference in the server process); KServe's Python model server with a model class",
+        "that does what KServe's sklearnserver does (v1 `predict`, its default flags). Start-up is from process start",
+        "to the first 200 from the readiness route; RSS is the resident memory of the server's process tree after",
+        "its measurements.",
+        "",
+    ]
+    for key, title in context.models.items():
+        rows = [m for m in measurements if m.model == key and m.route is None]
+        if not rows:
+            continue
+        loads = list(dict.fromkeys(m.load.name for m in rows))
+        out += [f"## Model servers: {title}", "", *_server_table(rows, loads), ""]
+        ratio_lines = [line for load in loads for line in _ratios(rows, load)]
+        out += [*ratio_lines, ""] if ratio_lines else []
+    proxy = [m for m in measurements if m.route is not None]
+    if proxy:
+        loads = list(dict.fromkeys(m.load.name for m in proxy))
+        out += [
+            "## The control plane's predict proxy",
+            "",
+            "`python -m app` on the local runtime with `MLOPS_WORKERS` API workers, a deployment of the linear model",
+            "made through the API, and `POST /api/v1/inference/{task_id}/predict`; against the same model server",
+            "called on its own port. Start-up and RSS are the API's (its workers, without the model server).",
+            "",
+            *_server_table(proxy, loads),
+            "",
+            *_proxy_lines(proxy),
+            "",
+        ]
+    return "\n".join(out)

@@ -1,0 +1,29 @@
+"""What one measurement is: the load applied, to which server and model, and what came back."""
+
+from dataclasses import dataclass
+
+from benchmarks.load import LoadResult
+
+
+@dataclass(frozen=True)
+class Load:
+    """Which rows each request carries, how many connections, for how long."""
+
+    name: str
+    rows: int
+    connections: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Measurement:
+    pass_number: int
+    model: str
+    server: str
+    load: Load
+    result: LoadResult
+    startup_seconds: float | None
+    rss_mib: float | None
+    # Control-plane runs: "direct" or "proxied", and the API's MLOPS_WORKERS.
+    route: str | None = None
+    workers: int | None = None

@@ -1,0 +1,233 @@
+"""The predict-path benchmark (`make bench`): our model server against the peers on the same model,
+and our control plane's predict proxy against calling the model server directly.
+
+    .venv/bin/python benchmarks/run.py [--quick] [--only ours,kserve,control-plane] [--passes 2]
+                                       [--seconds 8] [--pin] [--output docs/benchmarks.md]
+
+It trains the models (our sklearn_regressor handler, logged to a fresh MLflow server), makes the
+peers' virtual environments under benchmarks/.work/venvs (pip, pinned; minutes, once), starts each
+server with one worker on the same model, checks its answer against scikit-learn's, and drives it
+with wrk. Passes alternate the order of the servers; every figure of every pass is reported.
+"""
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from app import embedded_mlflow
+from benchmarks import environments, report
+from benchmarks.control_plane import ControlPlane, SetupError, regression_profile
+from benchmarks.load import LoadError, LoadResult, require_wrk, run_wrk
+from benchmarks.models import BATCH_ROWS, BenchModel, train_all
+from benchmarks.processes import free_port, request
+from benchmarks.results import Load, Measurement
+from benchmarks.servers import TARGETS, Target
+
+WORK = Path(__file__).resolve().parent / ".work"
+CONTROL_PLANE = "control-plane"
+ALL = (*TARGETS, CONTROL_PLANE)
+
+
+@dataclass
+class Settings:
+    passes: int
+    seconds: float
+    latency_seconds: float
+    warmup_seconds: float
+    only: tuple[str, ...]
+    models: tuple[str, ...]
+    worker_counts: tuple[int, ...]
+    server_cpus: str | None
+    load_cpus: str | None
+
+
+def loads_for(model: str, settings: Settings) -> list[Load]:
+    loads = [Load("1 row, c=32", 1, 32, settings.seconds), Load("1 row, c=1", 1, 1, settings.latency_seconds)]
+    if model == "linear":
+        loads.append(Load(f"{BATCH_ROWS} rows, c=32", BATCH_ROWS, 32, settings.seconds))
+    return loads
+
+
+def write_body(target: Target, rows: np.ndarray) -> Path:
+    path = WORK / "bodies" / f"{target.name}-{len(rows)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(target.body(rows))
+    return path
+
+
+def check_answer(target: Target, url: str, model: BenchModel, rows: np.ndarray) -> None:
+    """The server must answer the benchmark's request with scikit-learn's own predictions."""
+    status, answer = request(url, "POST", target.body(rows))
+    if status != 200:
+        raise RuntimeError(f"{target.name} answered {status}: {answer[:300]!r}")
+    got = np.asarray(target.predictions(answer), dtype=np.float64).reshape(-1)
+    want = model.estimator.predict(rows)
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-9, atol=1e-9):
+        raise RuntimeError(f"{target.name} predicted {got[:3]}..., scikit-learn {want[:3]}...")
+
+
+def drive(url: str, target: Target, model: BenchModel, loads: list[Load], settings: Settings) -> list[
+        tuple[Load, LoadResult]]:
+    results = []
+    for load in loads:
+        rows = model.rows[: load.rows]
+        check_answer(target, url, model, rows)
+        body = write_body(target, rows)
+        run_wrk(url, body, load.connections, settings.warmup_seconds, settings.load_cpus)
+        result = run_wrk(url, body, load.connections, load.seconds, settings.load_cpus)
+        print(f"    {load.name:>14}: {result.rps:8.0f} req/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
+              f"  errors {result.errors}", flush=True)
+        results.append((load, result))
+    return results
+
+
+def measure_server(target: Target, model: BenchModel, peer: environments.PeerEnv | None, tracking_uri: str,
+                   settings: Settings, pass_number: int) -> list[Measurement]:
+    launch = target.launch(model, peer, WORK, tracking_uri)
+    print(f"  {target.title} on {model.title}", flush=True)
+    server = launch.server.start(settings.server_cpus)
+    try:
+        results = drive(launch.predict_url, target, model, loads_for(model.key, settings), settings)
+        rss = server.rss_mib()
+    finally:
+        server.stop()
+    return [Measurement(pass_number, model.key, target.name, load, result, server.startup_seconds, rss)
+            for load, result in results]
+
+
+def measure_control_plane(model: BenchModel, profile: str, tracking_uri: str, settings: Settings,
+                          pass_number: int, workers: int) -> list[Measurement]:
+    """Calls through the API and straight to the model server it deployed, in alternating order."""
+    ours = TARGETS["ours"]
+    plane = ControlPlane(WORK, tracking_uri, workers)
+    print(f"  control plane, MLOPS_WORKERS={workers}, on {model.title}", flush=True)
+    plane.start(settings.server_cpus)
+    measurements = []
+    try:
+        plane.deploy(model, profile)
+        routes = [("direct", plane.direct_url()), ("proxied", plane.predict_url)]
+        if pass_number % 2 == 0:
+            routes.reverse()
+        loads = loads_for(model.key, settings)[:2]
+        for route, url in routes:
+            print(f"   {route}", flush=True)
+            workers_text = f"{workers} API worker{'s' if workers > 1 else ''}"
+            name = f"direct ({workers_text} beside)" if route == "direct" else f"proxied ({workers_text})"
+            for load, result in drive(url, ours, model, loads, settings):
+                proxied = route == "proxied"
+                measurements.append(Measurement(
+                    pass_number, model.key, name, load, result, plane.server.startup_seconds if proxied else None,
+                    plane.api_rss_mib() if proxied else None, route, workers))
+        plane.undeploy()
+    finally:
+        plane.stop()
+    return measurements
+
+
+def machine() -> dict[str, str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                          if line.startswith("MemTotal")))
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "memory": f"{memory_kib / 1024 / 1024:.1f} GiB",
+            "os": platform.platform(), "python": platform.python_version(),
+            "wrk": subprocess.run([require_wrk(), "-v"], capture_output=True, text=True).stdout.split("\n")[0]}
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one pass, 3 s per measurement, the linear model only")
+    parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {', '.join(ALL)}")
+    parser.add_argument("--passes", type=int, default=2, help="passes over all servers, in alternating order")
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each c=32 measurement")
+    parser.add_argument("--workers", default="1,2", help="MLOPS_WORKERS values for the control plane")
+    parser.add_argument("--pin", action="store_true", help="servers on CPU 1, wrk on CPU 0 (taskset)")
+    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent.parent / "docs" /
+                        "benchmarks.md", help="the report to write")
+    parser.add_argument("--no-write", action="store_true", help="print the figures, do not write the report")
+    args = parser.parse_args(argv)
+    only = tuple(name.strip() for name in args.only.split(",") if name.strip())
+    unknown = set(only) - set(ALL)
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))} (known: {', '.join(ALL)})")
+    seconds = 3.0 if args.quick else args.seconds
+    settings = Settings(
+        passes=1 if args.quick else args.passes,
+        seconds=seconds,
+        latency_seconds=max(2.0, seconds * 0.6),
+        warmup_seconds=1.0,
+        only=only,
+        models=("linear",) if args.quick else ("linear", "forest"),
+        worker_counts=tuple(int(value) for value in args.workers.split(",")),
+        server_cpus="1" if args.pin else None,
+        load_cpus="0" if args.pin else None,
+    )
+    return args, settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, settings = parse(argv)
+    try:
+        require_wrk()
+        profile = regression_profile()
+    except (LoadError, SetupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    started = datetime.now(UTC)
+    loads_before = load_average()
+    print(f"load average before: {loads_before}", flush=True)
+    mlflow_dir = WORK / "mlflow"
+    shutil.rmtree(mlflow_dir, ignore_errors=True)
+    shutil.rmtree(WORK / "control-plane", ignore_errors=True)
+    tracking_uri, mlflow_process = embedded_mlflow.start(mlflow_dir, free_port())
+    measurements: list[Measurement] = []
+    try:
+        print("training the models", flush=True)
+        models = train_all(tracking_uri, profile, WORK, settings.models)
+        targets = [TARGETS[name] for name in TARGETS if name in settings.only]
+        peers = {t.name: environments.ensure(t.env_name, WORK / "venvs") for t in targets if t.env_name}
+        for number in range(1, settings.passes + 1):
+            print(f"pass {number}", flush=True)
+            order = targets if number % 2 else list(reversed(targets))
+            for model in models:
+                for target in order:
+                    measurements += measure_server(target, model, peers.get(target.name), tracking_uri, settings,
+                                                   number)
+            if CONTROL_PLANE in settings.only:
+                counts = settings.worker_counts if number % 2 else tuple(reversed(settings.worker_counts))
+                for workers in counts:
+                    measurements += measure_control_plane(models[0], profile, tracking_uri, settings, number, workers)
+    finally:
+        embedded_mlflow.stop(mlflow_process) if mlflow_process else None
+    context = report.Context(
+        started=started, finished=datetime.now(UTC), command=" ".join([Path(sys.executable).name, *sys.argv]),
+        machine=machine(), load_before=loads_before, load_after=load_average(),
+        pinned=settings.server_cpus is not None, versions={name: env.versions() for name, env in peers.items()},
+        models={model.key: model.title for model in models}, seconds=settings.seconds,
+        latency_seconds=settings.latency_seconds,
+    )
+    text = report.render(context, measurements)
+    if args.no_write:
+        print(text)
+    else:
+        args.output.write_text(text)
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
