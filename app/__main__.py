@@ -41,6 +41,7 @@ def main() -> int:
         f"MLOps control plane: {base} (API docs: {base}/docs)\n"
         f"  runtime: {settings.runtime.value}, profiles: {', '.join(sorted(profiles))}\n"
         f"  auth: {authenticator.describe()}\n"
+        f"  workers: {settings.worker_count()}\n"
         f"  MLflow UI: {settings.mlflow_uri}\n"
         f"  data directory: {settings.data_dir}",
         flush=True,
@@ -51,7 +52,7 @@ def main() -> int:
             factory=True,
             host=settings.host,
             port=settings.port,
-            workers=settings.workers,
+            workers=settings.worker_count(),
             log_level=settings.log_level,
             # Never hang on a client that will not finish; log streams end at once (app/shutdown.py).
             timeout_graceful_shutdown=30,

@@ -1,5 +1,6 @@
 """Settings of the control plane, read once from MLOPS_* environment variables."""
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -21,7 +22,8 @@ class Settings(BaseSettings):
     runtime: RuntimeKind = RuntimeKind.LOCAL
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    # uvicorn worker processes; unset: one per core, at most 4 (each keeps its own connection pool).
+    workers: int | None = Field(default=None, ge=1)
     log_level: str = "info"
 
     profiles_path: Path = PROJECT_ROOT / "model_profiles.yaml"
@@ -64,3 +66,6 @@ class Settings(BaseSettings):
     # With no tokens, the local runtime runs open (it listens on 127.0.0.1) and the Kubernetes
     # runtime refuses to start, unless this says so explicitly.
     auth_disabled: bool = False
+
+    def worker_count(self) -> int:
+        return self.workers or max(1, min(os.cpu_count() or 1, 4))

@@ -1,12 +1,18 @@
 """Fixtures: one real MLflow server for the session, and API processes on the local runtime."""
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from app import embedded_mlflow
-from tests.support import ApiProcess, free_port, kill_workloads
+from app.settings import PROJECT_ROOT
+from models.spec import TRAIN_SPEC_ENV, TrainSpec
+from tests.support import ApiProcess, free_port, kill_workloads, regression_csv
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +22,22 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield uri
     if process is not None:
         embedded_mlflow.stop(process)
+
+
+@pytest.fixture(scope="session")
+def trained_run_id(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> str:
+    """A trained tabular_regression run, made by the trainer as a Job would run it."""
+    csv = regression_csv(tmp_path_factory.mktemp("trained") / "data.csv", rows=200)
+    spec = TrainSpec(task_id="reliability-train", experiment_name="reliability", model_profile="tabular_regression",
+                     handler="torch_mlp_regressor", dataset_path=str(csv),
+                     hyperparameters={"numEpoch": 20, "learningRate": 0.01, "numBatch": 32, "hiddenUnits": 32,
+                                      "hiddenLayers": 2, "validationFraction": 0.2, "seed": 1})
+    env = {**os.environ, TRAIN_SPEC_ENV: spec.model_dump_json(), "MLFLOW_TRACKING_URI": mlflow_uri}
+    result = subprocess.run([sys.executable, "script/train.py"], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                            text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    started = next(json.loads(line) for line in result.stdout.splitlines() if '"run started"' in line)
+    return started["runId"]
 
 
 @pytest.fixture

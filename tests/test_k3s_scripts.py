@@ -410,7 +410,8 @@ def test_clear_proceeds_on_yes(deployed: FakeCluster) -> None:
     ok(cluster.run("clear_all_k3s.sh", NS, input="y\n"))
     assert set(cluster.objects(NS)) == {
         "secret/mlops-s3-credentials", "secret/mlops-postgres-credentials", "secret/mlops-api-tokens",
-        "persistentvolumeclaim/data-postgres-0", "persistentvolumeclaim/data-minio-0", "persistentvolumeclaim/mlops-model-cache",
+        "persistentvolumeclaim/data-postgres-0", "persistentvolumeclaim/data-minio-0",
+        "persistentvolumeclaim/mlops-model-cache",
     }
 
 

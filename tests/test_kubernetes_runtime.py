@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
 from kubernetes.config import incluster_config
 
 from app.core.manifests import KIND_INFERENCE, KIND_TRAINING, LABEL_MANAGED_BY, LABEL_TASK_ID, MANAGED_BY
@@ -28,7 +29,6 @@ from app.runtime.kubernetes.api import RetryPolicy
 from app.runtime.kubernetes.routes import ApiServerProxyRoute, ServiceDnsRoute
 from app.runtime.permissions import API_PROXY_PERMISSIONS, REQUIRED_PERMISSIONS, allows
 from app.settings import Settings
-from kubernetes import client
 from tests.fake_kube import FakeKube
 from tests.fake_kube import pods as pod_status
 from tests.fake_kube.loop import LoopThread

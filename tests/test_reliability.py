@@ -3,36 +3,15 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
-import pytest
 
-from app.settings import PROJECT_ROOT
 from app.shutdown import CLOSING_LINE
-from models.spec import TRAIN_SPEC_ENV, TrainSpec
 from tests.support import regression_csv, wait_until
 from tests.test_e2e_local import SEED_PREDICT_BODY, wait_for_deployment, wait_for_training
-
-
-@pytest.fixture(scope="module")
-def run_id(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> str:
-    """A trained tabular_regression run, made by the trainer as a Job would run it."""
-    csv = regression_csv(tmp_path_factory.mktemp("reliability") / "data.csv", rows=200)
-    spec = TrainSpec(task_id="reliability-train", experiment_name="reliability", model_profile="tabular_regression",
-                     handler="torch_mlp_regressor", dataset_path=str(csv),
-                     hyperparameters={"numEpoch": 20, "learningRate": 0.01, "numBatch": 32, "hiddenUnits": 32,
-                                      "hiddenLayers": 2, "validationFraction": 0.2, "seed": 1})
-    env = {**os.environ, TRAIN_SPEC_ENV: spec.model_dump_json(), "MLFLOW_TRACKING_URI": mlflow_uri}
-    result = subprocess.run([sys.executable, "script/train.py"], cwd=PROJECT_ROOT, env=env, capture_output=True,
-                            text=True, timeout=180)
-    assert result.returncode == 0, result.stderr
-    started = next(json.loads(line) for line in result.stdout.splitlines() if '"run started"' in line)
-    return started["runId"]
 
 
 def deploy(client: httpx.Client, run_id: str, task_id: str = "deploy-load") -> None:
@@ -42,10 +21,10 @@ def deploy(client: httpx.Client, run_id: str, task_id: str = "deploy-load") -> N
     wait_for_deployment(client, task_id)
 
 
-def test_no_request_lost_under_load_while_the_model_server_is_killed(api_factory, run_id: str) -> None:
+def test_no_request_lost_under_load_while_the_model_server_is_killed(api_factory, trained_run_id: str) -> None:
     api = api_factory()
     with api.client() as client:
-        deploy(client, run_id)
+        deploy(client, trained_run_id)
         expected = client.post("/api/v1/inference/deploy-load/predict", json=SEED_PREDICT_BODY).json()
     outcomes: list[tuple[int, bytes]] = []
     errors: list[str] = []
@@ -84,12 +63,12 @@ def test_no_request_lost_under_load_while_the_model_server_is_killed(api_factory
 
 
 def test_shutdown_closes_streams_finishes_requests_and_a_restart_keeps_the_running_job(
-    api_factory, run_id: str, tmp_path: Path
+    api_factory, trained_run_id: str, tmp_path: Path
 ) -> None:
     api = api_factory()
     csv = regression_csv(tmp_path / "long.csv", rows=4000)
     with api.client() as client:
-        deploy(client, run_id, "deploy-grace")
+        deploy(client, trained_run_id, "deploy-grace")
         client.post("/api/v1/train/jobs", json={
             "taskId": "long-job", "experimentName": "reliability", "modelProfile": "tabular_regression",
             "datasetPath": str(csv), "hyperparameters": {"numEpoch": 25, "numBatch": 16}}).raise_for_status()

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
@@ -270,6 +271,9 @@ class LocalRuntime:
 
     def _inference_phase(self, state: WorkloadState, status: dict[str, Any], alive: bool, task_dir: Path) -> None:
         endpoint = self.endpoints.get(state.task_id)
+        if endpoint is not None and not endpoint.ready and status.get("phase") == "Running":
+            # Another API worker may have seen it ready first: ask the server now, not at the next probe.
+            endpoint = self._probe_now(endpoint)
         restarts = status.get("restarts", 0)
         if endpoint is not None and endpoint.ready:
             state.phase = DeploymentStatus.READY
@@ -429,6 +433,19 @@ class LocalRuntime:
                 return
             self._spawn_supervisor(task_dir)
 
+    def _probe_now(self, endpoint: Endpoint) -> Endpoint:
+        """A blocking readiness probe (status reads run in a worker thread)."""
+        path = self._readiness_paths.get(endpoint.task_id, READINESS_PATH)
+        try:
+            with urllib.request.urlopen(endpoint.base_url + path, timeout=0.5) as response:
+                body = json.loads(response.read() or b"{}")
+        except (OSError, ValueError):
+            return endpoint
+        detail = body.get("detail") if isinstance(body, dict) else None
+        ready = Endpoint(endpoint.task_id, endpoint.base_url, True, endpoint.profile, detail)
+        self.endpoints.put(ready)
+        return ready
+
     async def _probe(self, endpoint: Endpoint) -> None:
         assert self._session is not None
         ready, message = False, "model server is not answering yet"
@@ -443,8 +460,9 @@ class LocalRuntime:
                     message = body.get("detail") if isinstance(body, dict) else None
         except (aiohttp.ClientError, TimeoutError, ValueError):
             pass
-        current = self.endpoints.get(endpoint.task_id)
-        if current is not None and current.base_url == endpoint.base_url:
+        # Only the entry that was probed may be replaced: a status read's own probe (or a proxy
+        # error) may have changed it meanwhile, and a stale answer must not undo that.
+        if self.endpoints.get(endpoint.task_id) is endpoint:
             self.endpoints.put(Endpoint(endpoint.task_id, endpoint.base_url, ready, endpoint.profile, message))
 
     async def probe_all(self) -> None:

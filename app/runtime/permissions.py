@@ -14,13 +14,14 @@ class Permission(NamedTuple):
 
 
 REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
-    # Training tasks are Jobs; delete propagates to their pods.
-    Permission("batch", "jobs", ("create", "get", "list", "watch", "delete")),
+    # Training tasks are Jobs (read by name or by label); delete propagates to their pods.
+    Permission("batch", "jobs", ("create", "get", "list", "delete")),
     # Inference tasks are a Deployment and a Service each; the endpoint cache watches both.
     Permission("apps", "deployments", ("create", "get", "list", "watch", "delete")),
     Permission("", "services", ("create", "get", "list", "watch", "delete")),
     # Status reasons (unschedulable, image pull, crash loop, OOM) and training logs come from pods.
-    Permission("", "pods", ("get", "list", "watch")),
+    # Logs follow a pod by watching it until it starts.
+    Permission("", "pods", ("list", "watch")),
     Permission("", "pods/log", ("get",)),
     # Why a pod is pending (e.g. no GPU free) is told by its events.
     Permission("", "events", ("list",)),

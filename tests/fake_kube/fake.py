@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client
+
 from tests.fake_kube import pods as pod_status
 from tests.fake_kube.server import FakeHttpServer, Route
 from tests.fake_kube.store import ObjectStore

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import urllib3
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from app.errors import ClusterPermissionDenied, DependencyUnavailable, InvalidSpec, MlopsError, TaskConflict
-from kubernetes import client, watch
 
 # Statuses worth another try: throttled, or the API server (or what is in front of it) failing.
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})

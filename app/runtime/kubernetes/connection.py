@@ -8,12 +8,12 @@ the settings wins over both; "default" is the last resort.
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
 
 from app.errors import DependencyUnavailable
 from app.runtime.kubernetes.routes import ApiServerProxyRoute, ServiceDnsRoute, ServiceRoute
 from app.settings import Settings
-from kubernetes import client, config
 
 SERVICEACCOUNT_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DEFAULT_NAMESPACE = "default"

@@ -5,8 +5,9 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from app.core.manifests import HTTP_PORT_NAME, SERVICE_PORT
 from kubernetes import client
+
+from app.core.manifests import HTTP_PORT_NAME, SERVICE_PORT
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from kubernetes import client
+
 from app.core.manifests import (
     KIND_INFERENCE,
     KIND_TRAINING,
@@ -45,7 +47,6 @@ from app.runtime.kubernetes.status import Phase, inference_phase, job_times, new
 from app.schemas.inference import DeploymentStatus
 from app.schemas.training import TrainingStatus
 from app.settings import Settings
-from kubernetes import client
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,103 @@
+"""llm_chat on the local runtime: OpenAI's routes through the control plane, streamed chunk by chunk,
+with the CPU engine chosen automatically (no CUDA here), and the official openai client."""
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.llm_support import make_tiny_model
+from tests.test_e2e_local import wait_for_deployment
+
+ADMIN = "admin-token-for-llm-tests-0123456789"
+PREDICTOR = "predict-token-for-llm-tests-0123456789"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("llm") / "tiny-llama")
+
+
+def test_chat_deployment_speaks_openai_plain_streamed_and_to_the_openai_client(api_factory, tiny_model) -> None:
+    api = api_factory(MLOPS_API_TOKENS=f"admin:{ADMIN},predict:{PREDICTOR}")
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    with api.client(headers=admin) as client:
+        created = client.post("/api/v1/inference/deployments", json={
+            "taskId": "chat-1", "modelId": "tiny-chat", "modelReference": str(tiny_model),
+            "modelProfile": "llm_chat"})
+        assert created.status_code == 201, created.text
+        ready = wait_for_deployment(client, "chat-1")
+        assert "transformers on cpu" in ready["message"]  # the engine it chose, and why
+        assert ready["modelReference"] == str(tiny_model) and ready["mlflowRunId"] is None
+
+    base = f"{api.url}/api/v1/inference/chat-1/v1"
+    predict = {"Authorization": f"Bearer {PREDICTOR}"}
+    with httpx.Client(base_url=base, headers=predict, timeout=60) as client:
+        models = client.get("/models").json()
+        assert [m["id"] for m in models["data"]] == ["tiny-chat"]
+        plain = client.post("/chat/completions", json={
+            "model": "tiny-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6})
+        assert plain.status_code == 200, plain.text
+        body = plain.json()
+        assert body["object"] == "chat.completion"
+        assert body["choices"][0]["message"]["role"] == "assistant"
+        assert body["usage"]["completion_tokens"] <= 6
+
+        arrivals: list[tuple[float, str]] = []
+        with client.stream("POST", "/chat/completions", json={
+            "model": "tiny-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 12,
+            "stream": True}) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    arrivals.append((time.monotonic(), line.removeprefix("data: ")))
+        assert arrivals[-1][1] == "[DONE]"
+        events = [json.loads(data) for _, data in arrivals[:-1]]
+        content = [e["choices"][0]["delta"].get("content") for e in events if e["choices"][0]["delta"].get("content")]
+        assert len(content) >= 3  # several chunks, not one buffered answer
+        assert events[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+        assert arrivals[0][0] < arrivals[-1][0]  # they came over time
+
+        refused = client.post("/chat/completions", json={"model": "tiny-chat", "messages": []})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "messages"
+
+    sdk = openai.OpenAI(base_url=base, api_key=PREDICTOR, max_retries=0)
+    completion = sdk.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}],
+                                             max_tokens=5)
+    assert completion.choices[0].message.role == "assistant"
+    pieces = [chunk.choices[0].delta.content for chunk in sdk.chat.completions.create(
+        model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=8, stream=True)
+        if chunk.choices and chunk.choices[0].delta.content]
+    assert len(pieces) >= 2
+    text = sdk.completions.create(model="tiny-chat", prompt="the quick", max_tokens=4)
+    assert text.object == "text_completion" and text.choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base, api_key="not-a-token-0123456789", max_retries=0).models.list()
+
+    with api.client(headers=admin) as client:
+        assert client.delete("/api/v1/inference/deployments/chat-1").status_code == 200
+        assert client.post("/api/v1/inference/chat-1/v1/chat/completions", json={}).status_code == 404
+
+
+def test_language_model_requests_are_checked_before_anything_runs(api, tiny_model) -> None:
+    with api.client() as client:
+        wrong_profile = client.post("/api/v1/inference/deployments", json={
+            "taskId": "t1", "modelId": "m1", "modelReference": str(tiny_model), "modelProfile": "tabular_regression"})
+        assert wrong_profile.status_code == 422 and wrong_profile.json()["error"]["field"] == "modelReference"
+        both = client.post("/api/v1/inference/deployments", json={
+            "taskId": "t1", "modelId": "m1", "modelReference": str(tiny_model), "mlflowRunId": "a" * 32,
+            "modelProfile": "llm_chat"})
+        assert both.status_code == 422 and both.json()["error"]["field"] == "mlflowRunId"
+        outside = client.post("/api/v1/inference/deployments", json={
+            "taskId": "t1", "modelId": "m1", "modelReference": "evil/model", "modelProfile": "llm_chat"})
+        assert outside.status_code == 403 and outside.json()["error"]["field"] == "modelReference"
+        no_base = client.post("/api/v1/train/jobs", json={
+            "taskId": "lora-1", "experimentName": "x", "modelProfile": "llm_lora", "datasetPath": "s3://b/d.jsonl"})
+        assert no_base.status_code == 422 and no_base.json()["error"]["field"] == "initialModelFilePath"
+        serve_only = client.post("/api/v1/train/jobs", json={
+            "taskId": "chat-train", "experimentName": "x", "modelProfile": "llm_chat", "datasetPath": "s3://b/d"})
+        assert serve_only.status_code == 422 and "only serves" in serve_only.json()["error"]["message"]
+        assert not any(api.data_dir.glob("tasks/*/*"))
