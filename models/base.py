@@ -1,4 +1,4 @@
-"""The one small interface every model family implements."""
+"""The small interfaces a model family implements: training (dataset in, MLflow run out) and serving."""
 
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +20,16 @@ class TabularData:
     target: np.ndarray  # shape (rows,)
     feature_names: list[str]
     target_name: str
+
+    def describe(self) -> dict[str, Any]:
+        """What the run records about the dataset, as MLflow params."""
+        return {"rows": len(self.target), "features": len(self.feature_names), "target": self.target_name}
+
+
+class Dataset(Protocol):
+    """What a handler's `load_dataset` returns: any shape its `train` takes, and a summary for the run."""
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -43,14 +53,23 @@ class Predictor(Protocol):
         ...
 
 
-class ModelHandler(Protocol):
-    # Whether the target is a class label (kept as is) or a number.
-    categorical_target: bool
-    # Whether features may have missing values (NaN).
-    allows_missing_features: bool
+class TrainingHandler(Protocol):
+    """What script/train.py needs: read the dataset in the family's own format, then train on it."""
 
-    def train(self, data: TabularData, context: TrainContext) -> dict[str, float]:
-        """Train inside the active MLflow run, log metrics and the model; return final metrics."""
+    def load_dataset(self, path: str, target_column: str | None) -> Dataset:
+        """Read and check the dataset at a local path, file:// or s3:// URI; raise TrainingError if unusable."""
         ...
 
+    def train(self, data: Any, context: TrainContext) -> dict[str, float]:
+        """Train on what load_dataset returned, inside the active MLflow run; log metrics and the model;
+        return final metrics."""
+        ...
+
+
+class ServingHandler(Protocol):
     def load(self, model_uri: str, device: str) -> Predictor: ...
+
+
+class ModelHandler(TrainingHandler, ServingHandler, Protocol):
+    """A family that both trains and serves (the tabular ones); language models split the two halves
+    between llm_lora (training) and llm_chat (serving)."""

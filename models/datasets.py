@@ -1,11 +1,14 @@
-"""Reading a tabular dataset: a CSV with a header from a local path, file:// or s3://.
+"""Reading datasets from a local path, file:// or s3://: a CSV table, or JSON Lines records.
 
-The target is the named column, else the last one; every other column is a numeric feature.
+In a CSV (with a header) the target is the named column, else the last one; every other column
+is a numeric feature. A JSON Lines file holds one JSON object per line.
 """
 
 import io
+import json
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -15,6 +18,8 @@ from models.base import TabularData, TrainingError
 from models.spec import dataset_scheme
 
 S3_ENDPOINT_ENVS = ("MLOPS_S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+               type(None): "null"}
 
 
 def read_bytes(path: str) -> bytes:
@@ -29,7 +34,7 @@ def read_bytes(path: str) -> bytes:
         except FileNotFoundError:
             raise TrainingError(f"dataset not found: {local}") from None
         except IsADirectoryError:
-            raise TrainingError(f"dataset path is a directory, not a CSV file: {local}") from None
+            raise TrainingError(f"dataset path is a directory, not a file: {local}") from None
         except PermissionError:
             raise TrainingError(f"dataset is not readable: {local}") from None
     raise TrainingError(f"unsupported dataset scheme '{scheme}://' (use a path, file:// or s3://)")
@@ -88,6 +93,33 @@ def load_tabular(
             raise TrainingError(f"target column '{target}' must be numeric for regression")
         y = frame[target].to_numpy(dtype=np.float64)
     return TabularData(features=x, target=y, feature_names=features, target_name=target)
+
+
+def read_jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
+    """Each JSON object of a JSON Lines file with its line number (from 1); blank lines are skipped."""
+    raw = read_bytes(path)
+    try:
+        text = raw.decode("utf-8-sig")  # tolerate the byte-order mark some editors write
+    except UnicodeDecodeError as exc:
+        raise TrainingError(f"dataset {path} is not UTF-8 text: {exc}") from None
+    records: list[tuple[int, dict[str, Any]]] = []
+    # Split on newlines only: JSON strings may hold U+2028 and the like, which str.splitlines breaks on.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TrainingError(
+                f"dataset {path} line {number} is not valid JSON: {exc.msg} (column {exc.colno})"
+            ) from None
+        if not isinstance(value, dict):
+            kind = _JSON_KINDS.get(type(value), type(value).__name__)
+            raise TrainingError(f"dataset {path} line {number} is {kind}, not a JSON object")
+        records.append((number, value))
+    if not records:
+        raise TrainingError(f"dataset {path} has no records (one JSON object per line is expected)")
+    return records
 
 
 def split(data: TabularData, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import accuracy_score, f1_score, log_loss
 
 from models.base import InputError, TabularData, TrainContext, TrainingError
-from models.datasets import split
+from models.datasets import load_tabular, split
 from models.spec import MODEL_ARTIFACT_PATH
 
 # MLflow saves scikit-learn models with skops (no arbitrary pickle). skops asks to name the types
@@ -28,6 +28,10 @@ def _json_label(value: Any) -> Any:
 class HistGradientBoostingClassifierHandler:
     categorical_target = True
     allows_missing_features = True  # the trees route missing values natively
+
+    def load_dataset(self, path: str, target_column: str | None) -> TabularData:
+        return load_tabular(path, target_column, categorical_target=self.categorical_target,
+                            allows_missing_features=self.allows_missing_features)
 
     def train(self, data: TabularData, context: TrainContext) -> dict[str, float]:
         hp = context.hyperparameters

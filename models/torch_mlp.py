@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from models.base import InputError, TabularData, TrainContext, TrainingError
-from models.datasets import split
+from models.datasets import load_tabular, split
 from models.spec import MODEL_ARTIFACT_PATH
 
 
@@ -70,6 +70,10 @@ class TorchMlpRegressorHandler:
     categorical_target = False
     allows_missing_features = False
 
+    def load_dataset(self, path: str, target_column: str | None) -> TabularData:
+        return load_tabular(path, target_column, categorical_target=self.categorical_target,
+                            allows_missing_features=self.allows_missing_features)
+
     def train(self, data: TabularData, context: TrainContext) -> dict[str, float]:
         hp = context.hyperparameters
         torch.manual_seed(int(hp["seed"]))
@@ -87,6 +91,9 @@ class TorchMlpRegressorHandler:
         optimizer = torch.optim.Adam(model.parameters(), lr=float(hp["learningRate"]))
         batch = int(hp["numBatch"])
         epochs = int(hp["numEpoch"])
+        # Progress for the task's status: batches (optimizer steps) and epochs done out of the total.
+        steps_per_epoch = math.ceil(len(train_idx) / batch)
+        progress = {"progress_total_epochs": epochs, "progress_total_steps": epochs * steps_per_epoch}
         final: dict[str, float] = {}
         for epoch in range(1, epochs + 1):
             started = time.perf_counter()
@@ -104,7 +111,8 @@ class TorchMlpRegressorHandler:
             if not math.isfinite(total):
                 raise TrainingError(f"training diverged at epoch {epoch} (loss is {total}); lower learningRate")
             metrics = {"train_loss": total / len(order), **self._evaluate(model, x, y, train_idx, val_idx, device)}
-            mlflow.log_metrics(metrics, step=epoch, synchronous=False)
+            mlflow.log_metrics({**metrics, **progress, "progress_epoch": epoch,
+                                "progress_step": epoch * steps_per_epoch}, step=epoch, synchronous=False)
             seconds = time.perf_counter() - started
             print(json.dumps({"message": "epoch", "epoch": epoch, "epochs": epochs, "seconds": round(seconds, 4),
                               **{k: round(v, 6) for k, v in metrics.items()}}), flush=True)

@@ -1,8 +1,9 @@
 """Training workload: what a Job's container runs (`python script/train.py`).
 
-Reads the task's spec from $MLOPS_TRAIN_SPEC, loads the dataset, trains the profile's model in
-an MLflow run under the task's experiment (tagged with the task id), logs params, per-epoch
-metrics and the model, and registers it under `customModelName`. Any error ends the process
+Reads the task's spec from $MLOPS_TRAIN_SPEC, loads the dataset the way the profile's handler
+reads it (a CSV table, JSON Lines records ...), trains the handler's model in an MLflow run under
+the task's experiment (tagged with the task id), logs params, metrics and the model, and
+registers it under `customModelName`. Any error ends the process
 with a non-zero code and a one-line reason in the termination log, which the API shows.
 """
 
@@ -54,7 +55,6 @@ def train(spec: TrainSpec) -> None:
 
     from models import get_handler
     from models.base import TrainContext
-    from models.datasets import load_tabular
 
     handler = get_handler(spec.handler)
     device = choose_device(spec.use_gpu)
@@ -62,12 +62,14 @@ def train(spec: TrainSpec) -> None:
     tags = {TASK_ID_TAG: spec.task_id, PROFILE_TAG: spec.model_profile, HANDLER_TAG: spec.handler}
     with mlflow.start_run(run_name=spec.task_id, tags=tags) as run:
         log("run started", runId=run.info.run_id, experiment=spec.experiment_name, device=device)
-        mlflow.log_params({**spec.hyperparameters, "datasetPath": spec.dataset_path,
-                           "targetColumn": spec.target_column or "(last column)", "device": device})
-        data = load_tabular(spec.dataset_path, spec.target_column, categorical_target=handler.categorical_target,
-                            allows_missing_features=handler.allows_missing_features)
-        mlflow.log_params({"rows": len(data.target), "features": len(data.feature_names), "target": data.target_name})
-        log("dataset loaded", rows=len(data.target), features=data.feature_names, target=data.target_name)
+        params = {**spec.hyperparameters, "datasetPath": spec.dataset_path, "device": device}
+        if spec.target_column is not None:
+            params["targetColumn"] = spec.target_column
+        mlflow.log_params(params)
+        data = handler.load_dataset(spec.dataset_path, spec.target_column)
+        described = data.describe()
+        mlflow.log_params(described)
+        log("dataset loaded", **described)
         context = TrainContext(spec.hyperparameters, device, spec.initial_model_uri, spec.custom_model_name)
         metrics = handler.train(data, context)
         mlflow.flush_async_logging()
