@@ -31,13 +31,12 @@ import torch
 
 from models.base import TrainContext, TrainingError
 from models.datasets import read_jsonl
-from models.spec import MODEL_ARTIFACT_PATH
+from models.spec import MODEL_ARTIFACT_PATH, QLORA_ENV
 
 ADAPTER_ARTIFACT_PATH = "adapter"
 PROMPT_COMPLETION = "prompt_completion"
 CHAT = "chat"
 # Setting this to 0/false turns 4-bit QLoRA off on a GPU (a profile with qlora_on_gpu: false).
-QLORA_ENV = "MLOPS_LLM_QLORA"
 QUANTIZATION_NONE = "none"
 QUANTIZATION_4BIT = "4bit-nf4"
 # LoRA on every linear layer but the output head (the QLoRA recipe): works for any architecture,

@@ -21,6 +21,8 @@ TASK_ID_TAG = "mlops.task_id"
 PROFILE_TAG = "mlops.model_profile"
 HANDLER_TAG = "mlops.handler"
 MODEL_ARTIFACT_PATH = "model"
+# "false" turns 4-bit QLoRA off for a LoRA Job on a GPU (the profile's llm.qlora_on_gpu).
+QLORA_ENV = "MLOPS_LLM_QLORA"
 
 
 class _Spec(BaseModel):

@@ -28,6 +28,8 @@ SEED_PREDICT_BODY = {"userId": "user-1234", "data": {"features": [[5.1, 3.5, 1.4
 def wait_for_training(client: httpx.Client, task_id: str, timeout: float = 120) -> dict:
     def finished() -> dict | None:
         status = client.get(f"/api/v1/train/jobs/{task_id}/status").json()
+        if status["status"] == "Succeeded" and not status["mlflowRunId"]:
+            return None  # MLflow under load may answer the run lookup on the next read
         return status if status["status"] in ("Succeeded", "Failed") else None
 
     return wait_until(finished, timeout, what=f"training task {task_id} to finish")

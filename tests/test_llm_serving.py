@@ -100,4 +100,11 @@ def test_language_model_requests_are_checked_before_anything_runs(api, tiny_mode
         serve_only = client.post("/api/v1/train/jobs", json={
             "taskId": "chat-train", "experimentName": "x", "modelProfile": "llm_chat", "datasetPath": "s3://b/d"})
         assert serve_only.status_code == 422 and "only serves" in serve_only.json()["error"]["message"]
+        lora = {"taskId": "lora-1", "experimentName": "x", "modelProfile": "llm_lora", "datasetPath": "s3://b/d.jsonl",
+                "initialModelFilePath": str(tiny_model)}
+        column = client.post("/api/v1/train/jobs", json={**lora, "targetColumn": "y"})
+        assert column.status_code == 422 and column.json()["error"]["field"] == "targetColumn"
+        unmerged = client.post("/api/v1/train/jobs", json={**lora, "customModelName": "chat",
+                                                           "hyperparameters": {"mergeAdapter": False}})
+        assert unmerged.status_code == 422 and unmerged.json()["error"]["field"] == "customModelName"
         assert not any(api.data_dir.glob("tasks/*/*"))

@@ -11,7 +11,7 @@ from typing import Any
 
 from app.core.names import inference_name, job_name
 from app.profiles import ModelProfile, Resources
-from models.spec import SERVE_PORT_ENV, SERVE_SPEC_ENV, TRAIN_SPEC_ENV, ServeSpec, TrainSpec
+from models.spec import QLORA_ENV, SERVE_PORT_ENV, SERVE_SPEC_ENV, TRAIN_SPEC_ENV, ServeSpec, TrainSpec
 
 MANAGED_BY = "fastapi-mlops-api"
 LABEL_NAME = "app.kubernetes.io/name"
@@ -185,6 +185,8 @@ def training_job(
         "trainer", image, "script/train.py", env, _resources(profile.trainer.resources, profile, spec.use_gpu)
     )
     volumes = _llm_volumes(profile, container, shm=False) if profile.llm else []
+    if profile.llm and not profile.llm.qlora_on_gpu:
+        container["env"].append({"name": QLORA_ENV, "value": "false"})
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -54,6 +54,8 @@ class TrainingService:
         if problems:
             name, problem = problems[0]
             raise InvalidSpec(f"hyperparameters.{name} {problem}", field=f"hyperparameters.{name}")
+        if profile.llm is not None:
+            self._check_language_model_request(request, hyperparameters)
         image = request.trainer_image or profile.trainer.image
         if not profile.trainer.allows_image(image):
             allowed = ", ".join((profile.trainer.image, *profile.trainer.allowed_images))
@@ -94,6 +96,16 @@ class TrainingService:
         if not (local_dir or profile.llm.allows_reference(base)):
             raise Forbidden(f"base model '{base}' is not allowed for profile '{profile.name}' (allowed: {allowed})",
                             field="initialModelFilePath")
+
+    @staticmethod
+    def _check_language_model_request(request: TrainRequest, hyperparameters: dict[str, Any]) -> None:
+        """What the LoRA trainer would refuse only after its pod started, refused now."""
+        if request.target_column is not None:
+            raise InvalidSpec("targetColumn is for tabular data; a language-model dataset is JSONL with "
+                              "prompt/completion or messages", field="targetColumn")
+        if request.custom_model_name and hyperparameters.get("mergeAdapter") is False:
+            raise InvalidSpec("customModelName registers the merged model, which mergeAdapter=false does not make; "
+                              "drop customModelName or set mergeAdapter to true", field="customModelName")
 
     def _dataset_path(self, path: str, profile: ModelProfile) -> str:
         scheme = dataset_scheme(path)

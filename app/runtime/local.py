@@ -71,6 +71,14 @@ def _tail_lines(path: Path, tail: int | None) -> str:
         return ""
 
 
+def _remap(value: str, mounts: dict[str, str]) -> str:
+    """A path inside a mounted claim, as the local directory that stands for it."""
+    for mount_path, local in mounts.items():
+        if value == mount_path or value.startswith(mount_path + "/"):
+            return local + value[len(mount_path):]
+    return value
+
+
 def _last_words(task_dir: Path) -> str | None:
     """The workload's termination message, else its last log line (FallbackToLogsOnError)."""
     try:
@@ -293,7 +301,9 @@ class LocalRuntime:
 
     def _process_spec(self, kind: str, task_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
         workload = record["manifests"][0]
-        container = workload["spec"]["template"]["spec"]["containers"][0]
+        pod = workload["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        mounts = self._claim_mounts(pod, container)
         command = [*container["command"], *container.get("args", [])]
         if command[0] == "python":
             command[0] = self.python
@@ -304,7 +314,7 @@ class LocalRuntime:
                 continue
             value = self._env_value(item)
             if value is not None:
-                env[item["name"]] = value
+                env[item["name"]] = _remap(value, mounts)
         env[TERMINATION_LOG_ENV] = str(task_dir / "termination.log")
         if kind == KIND_INFERENCE:
             env[SERVE_HOST_ENV] = "127.0.0.1"
@@ -315,6 +325,19 @@ class LocalRuntime:
             "cwd": str(self.project_root),
             "restartPolicy": "Never" if kind == KIND_TRAINING else "Always",
         }
+
+    def _claim_mounts(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+        """A PersistentVolumeClaim becomes a directory shared by every task, as the claim would be:
+        container mount path -> DATA_DIR/volumes/<claim name>."""
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+                  for v in pod.get("volumes", []) if "persistentVolumeClaim" in v}
+        mounts = {}
+        for mount in container.get("volumeMounts", []):
+            if mount["name"] in claims:
+                local = self.root.parent / "volumes" / claims[mount["name"]]
+                local.mkdir(parents=True, exist_ok=True)
+                mounts[mount["mountPath"].rstrip("/")] = str(local)
+        return mounts
 
     def _env_value(self, item: dict[str, Any]) -> str | None:
         if "value" in item:
