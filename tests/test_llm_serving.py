@@ -108,3 +108,40 @@ def test_language_model_requests_are_checked_before_anything_runs(api, tiny_mode
                                                            "hyperparameters": {"mergeAdapter": False}})
         assert unmerged.status_code == 422 and unmerged.json()["error"]["field"] == "customModelName"
         assert not any(api.data_dir.glob("tasks/*/*"))
+
+
+def test_lora_fine_tune_then_chat_with_the_result(api, tiny_model, tmp_path: Path) -> None:
+    """The issue's flow: LoRA train job -> Succeeded with a run id -> deploy llm_chat from that run ->
+    chat completion, plain and streamed -> delete."""
+    from tests.llm_support import write_prompt_completion_jsonl
+    from tests.test_e2e_local import wait_for_training
+
+    dataset = write_prompt_completion_jsonl(tmp_path / "train.jsonl")
+    with api.client() as client:
+        created = client.post("/api/v1/train/jobs", json={
+            "taskId": "lora-e2e", "experimentName": "chat tuning", "modelProfile": "llm_lora",
+            "customModelName": "tinyChat", "initialModelFilePath": str(tiny_model), "datasetPath": str(dataset),
+            "hyperparameters": {"numEpoch": 2, "numBatch": 8, "learningRate": 0.01, "loraRank": 4}})
+        assert created.status_code == 201, created.text
+        status = wait_for_training(client, "lora-e2e", timeout=240)
+        assert status["status"] == "Succeeded", status
+        deployed = client.post("/api/v1/inference/deployments", json={
+            "taskId": "chat-from-run", "modelId": "tiny-tuned", "mlflowRunId": status["mlflowRunId"],
+            "modelProfile": "llm_chat"})
+        assert deployed.status_code == 201, deployed.text
+        wait_for_deployment(client, "chat-from-run", timeout=180)
+        base = "/api/v1/inference/chat-from-run/v1"
+        answer = client.post(f"{base}/chat/completions", json={
+            "model": "tiny-tuned", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == "tiny-tuned"
+        with client.stream("POST", f"{base}/completions", json={
+                "model": "tiny-tuned", "prompt": "the", "max_tokens": 6, "stream": True}) as stream:
+            events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]" and len(events) >= 3
+        # A tabular profile cannot deploy a language-model run.
+        wrong = client.post("/api/v1/inference/deployments", json={
+            "taskId": "wrong", "modelId": "wrong", "mlflowRunId": status["mlflowRunId"],
+            "modelProfile": "tabular_regression"})
+        assert wrong.status_code == 422 and "llm_lora" in wrong.json()["error"]["message"]
+        assert client.delete("/api/v1/inference/deployments/chat-from-run").status_code == 200
