@@ -8,32 +8,13 @@ import time
 from pathlib import Path
 
 import orjson
-import yaml
 
-from benchmarks.models import HANDLER, BenchModel
+from benchmarks.models import BenchModel
 from benchmarks.processes import Server, free_port, request
-from models import HANDLERS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TASK_ID = "bench-predict"
 SUPERVISOR = "app.runtime.local_supervisor"
-
-
-class SetupError(Exception):
-    """The project is not ready for this benchmark; the message says what to change."""
-
-
-def regression_profile(profiles_path: Path = PROJECT_ROOT / "model_profiles.yaml") -> str:
-    """The profile that serves scikit-learn regressors (handler sklearn_regressor)."""
-    if HANDLER not in HANDLERS:
-        raise SetupError(f"the '{HANDLER}' handler is not registered: add "
-                         f"\"{HANDLER}\": \"models.sklearn_regressor:SklearnRegressorHandler\" to HANDLERS "
-                         "in models/__init__.py")
-    profiles = yaml.safe_load(profiles_path.read_text())["profiles"]
-    for name, profile in profiles.items():
-        if profile.get("handler") == HANDLER:
-            return name
-    raise SetupError(f"no profile in {profiles_path} uses handler '{HANDLER}'; add one (see docs/benchmarks.md)")
 
 
 class ControlPlane:
@@ -55,10 +36,10 @@ class ControlPlane:
         self.server.start(cpus)
         return self
 
-    def deploy(self, model: BenchModel, profile: str, timeout: float = 120.0) -> None:
+    def deploy(self, model: BenchModel, timeout: float = 120.0) -> None:
         """Deploy the model (or keep the deployment a previous API process made) and wait until Ready."""
         body = orjson.dumps({"taskId": TASK_ID, "modelId": f"bench-{model.key}", "mlflowRunId": model.run_id,
-                             "modelProfile": profile})
+                             "modelProfile": model.profile})
         status, answer = request(self.url + "/api/v1/inference/deployments", "POST", body)
         if status not in (200, 201):
             raise RuntimeError(f"deploy answered {status}: {answer[:500]!r}")

@@ -4,6 +4,7 @@ pinned requirements, never in the project's .venv (their pins conflict with ours
 scikit-learn is pinned to the project's version so that every server loads the very same model.
 """
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ class PeerEnv:
 
     def bin(self, program: str) -> str:
         return str(self.root / "bin" / program)
+
+    def activated(self) -> dict[str, str]:
+        """The environment variables of an activated venv (`mlflow models serve` runs `uvicorn` from PATH)."""
+        return {"VIRTUAL_ENV": str(self.root), "PATH": f"{self.root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     def versions(self) -> dict[str, str]:
         frozen = subprocess.run([self.python, "-m", "pip", "freeze"], capture_output=True, text=True, check=True)

@@ -111,6 +111,11 @@ def render(context: Context, measurements: list[Measurement]) -> str:
         "compare with each other only: same machine, same models, servers started one at a time, passes in",
         "alternating order.",
         "",
+        "To rerun: `make bench` (about ten minutes; `benchmarks/run.py --quick` makes one short pass on the linear",
+        "model, `--only ours,kserve,control-plane` picks servers, `--pin` pins servers to CPU 1 and wrk to CPU 0,",
+        "`--help` lists the rest). It needs `wrk` (`apt-get install wrk`) and pip access to PyPI: each peer gets its",
+        "own virtual environment under benchmarks/.work/venvs, made once with pinned versions.",
+        "",
         "## Setup",
         "",
         f"- run: {context.started:%Y-%m-%d %H:%M} to {context.finished:%H:%M} UTC, command `{context.command}`",
@@ -151,17 +156,21 @@ def render(context: Context, measurements: list[Measurement]) -> str:
         out += [*ratio_lines, ""] if ratio_lines else []
     proxy = [m for m in measurements if m.route is not None]
     if proxy:
-        loads = list(dict.fromkeys(m.load.name for m in proxy))
         out += [
             "## The control plane's predict proxy",
             "",
-            "`python -m app` on the local runtime with `MLOPS_WORKERS` API workers, a deployment of the linear model",
-            "made through the API, and `POST /api/v1/inference/{task_id}/predict`; against the same model server",
-            "called on its own port. Start-up and RSS are the API's (its workers, without the model server).",
-            "",
-            *_server_table(proxy, loads),
-            "",
-            *_proxy_lines(proxy),
+            "`python -m app` on the local runtime with `MLOPS_WORKERS` API workers (its defaults otherwise: log level",
+            "info, so uvicorn's access log is on), a deployment made through the API, and",
+            "`POST /api/v1/inference/{task_id}/predict`; against the same model server called on its own port, in",
+            "alternating order. Start-up and RSS are the API's (its workers, without the model server). The three",
+            "processes (wrk, the API, the model server) share the two cores, so the faster the model server, the",
+            "larger the share of the CPU the proxy's work takes from it.",
             "",
         ]
+        for key, title in context.models.items():
+            rows = [m for m in proxy if m.model == key]
+            if not rows:
+                continue
+            loads = list(dict.fromkeys(m.load.name for m in rows))
+            out += [f"### {title}", "", *_server_table(rows, loads), "", *_proxy_lines(rows), ""]
     return "\n".join(out)

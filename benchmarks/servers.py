@@ -39,8 +39,8 @@ class Target:
 
 def _ours(model: BenchModel, _: PeerEnv | None, work: Path, tracking_uri: str) -> Launch:
     port = free_port()
-    spec = ServeSpec(task_id="bench", model_id="bench", model_uri=model.model_uri, model_profile="bench",
-                     handler="sklearn_regressor")
+    spec = ServeSpec(task_id="bench", model_id="bench", model_uri=model.model_uri, model_profile=model.profile,
+                     handler=model.handler)
     env = {SERVE_SPEC_ENV: spec.model_dump_json(), SERVE_HOST_ENV: "127.0.0.1", SERVE_PORT_ENV: str(port),
            TERMINATION_LOG_ENV: str(work / "ours.termination.log"), "MLFLOW_TRACKING_URI": tracking_uri}
     server = Server("ours", [sys.executable, str(PROJECT_ROOT / "script" / "serve.py")],
@@ -53,7 +53,8 @@ def _mlflow(model: BenchModel, peer: PeerEnv | None, work: Path, _: str) -> Laun
     port = free_port()
     command = [peer.bin("mlflow"), "models", "serve", "-m", str(model.mlflow_dir), "-h", "127.0.0.1",
                "-p", str(port), "-w", "1", "--env-manager", "local"]
-    server = Server("mlflow", command, f"http://127.0.0.1:{port}/ping", {}, work, work / "mlflow-serve.log")
+    server = Server("mlflow", command, f"http://127.0.0.1:{port}/ping", peer.activated(), work,
+                    work / "mlflow-serve.log")
     return Launch(server, f"http://127.0.0.1:{port}/invocations")
 
 
@@ -71,7 +72,8 @@ def _mlserver(model: BenchModel, peer: PeerEnv | None, work: Path, _: str) -> La
         "parameters": {"uri": str(model.joblib_file)},
     }))
     server = Server("mlserver", [peer.bin("mlserver"), "start", str(folder)],
-                    f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/ready", {}, work, work / "mlserver.log")
+                    f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/ready", peer.activated(), work,
+                    work / "mlserver.log")
     return Launch(server, f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/infer")
 
 
@@ -80,7 +82,7 @@ def _kserve(model: BenchModel, peer: PeerEnv | None, work: Path, _: str) -> Laun
     port = free_port()
     command = [peer.python, str(KSERVE_SCRIPT), "--model_name", MODEL_NAME, "--model_file", str(model.joblib_file),
                "--http_port", str(port), "--grpc_port", str(free_port())]
-    server = Server("kserve", command, f"http://127.0.0.1:{port}/v1/models/{MODEL_NAME}", {}, work,
+    server = Server("kserve", command, f"http://127.0.0.1:{port}/v1/models/{MODEL_NAME}", peer.activated(), work,
                     work / "kserve.log")
     return Launch(server, f"http://127.0.0.1:{port}/v1/models/{MODEL_NAME}:predict")
 

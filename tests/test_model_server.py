@@ -9,11 +9,12 @@ import numpy as np
 import orjson
 import pytest
 import torch
-from sklearn.ensemble import RandomForestRegressor
-from sklearn.linear_model import LinearRegression, Ridge
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestRegressor
+from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.neighbors import KNeighborsRegressor
 
 from models.base import InputError
+from models.sklearn_classifier import SINGLE_THREAD_MAX_ROWS, ClassifierPredictor
 from models.sklearn_regressor import FLAT_FOREST_MAX_ROWS, RegressorPredictor
 from models.spec import ServeSpec
 from models.torch_mlp import ScaledMlp, TorchMlpPredictor
@@ -193,3 +194,39 @@ def test_mlp_keeps_torch_when_the_weights_are_not_a_scaled_mlp() -> None:
     with torch.inference_mode():
         want = wrapped(torch.from_numpy(rows.astype(np.float32))).numpy()
     np.testing.assert_allclose(predictor.predict(rows)["predictions"], want, rtol=1e-6)
+
+
+def flowers(rows: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(rows, 4))
+    return x, np.where(x[:, 0] > 0.5, "setosa", np.where(x[:, 1] > 0, "versicolor", "virginica"))
+
+
+def test_classifier_single_thread_form_equals_predict_proba() -> None:
+    x, y = flowers()
+    model = HistGradientBoostingClassifier(max_iter=30, early_stopping=False).fit(x, y)
+    predictor = ClassifierPredictor(model, [])
+    assert predictor.form == "single-thread raw predict"
+    for count in (1, SINGLE_THREAD_MAX_ROWS + 1):
+        rows = random_rows(count, 4, seed=count)
+        rows[::3, 2] = np.nan  # missing values take the trees' missing branches
+        answer = predictor.predict(rows)
+        np.testing.assert_array_equal(answer["probabilities"], model.predict_proba(rows))
+        assert answer["predictions"] == model.predict(rows).tolist()
+
+
+class TiltedHgb(HistGradientBoostingClassifier):
+    """predict_proba is not what _raw_predict gives: the single-thread form must not be used."""
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        probabilities = super().predict_proba(X)
+        return probabilities[:, ::-1]
+
+
+def test_classifier_keeps_predict_proba_when_the_form_is_missing_or_disagrees() -> None:
+    x, y = flowers()
+    for model in (LogisticRegression().fit(x, y), TiltedHgb(max_iter=10, early_stopping=False).fit(x, y)):
+        predictor = ClassifierPredictor(model, [])
+        assert predictor.form == "sklearn.predict_proba"
+        rows = random_rows(5, 4)
+        np.testing.assert_array_equal(predictor.predict(rows)["probabilities"], model.predict_proba(rows))
