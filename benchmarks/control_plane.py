@@ -18,12 +18,15 @@ SUPERVISOR = "app.runtime.local_supervisor"
 
 
 class ControlPlane:
-    def __init__(self, work: Path, tracking_uri: str, workers: int):
+    # What the harness sets; any other MLOPS_* variable of its environment reaches the API as is.
+    OWN_VARIABLES = ("MLOPS_DATA_DIR", "MLOPS_PORT", "MLOPS_MLFLOW_URI", "MLOPS_WORKERS")
+
+    def __init__(self, work: Path, tracking_uri: str, workers: int, extra_env: dict[str, str] | None = None):
         self.data_dir = work / "control-plane"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {"MLOPS_DATA_DIR": str(self.data_dir), "MLOPS_PORT": str(self.port), "MLOPS_MLFLOW_URI": tracking_uri,
-               "MLOPS_WORKERS": str(workers)}
+               "MLOPS_WORKERS": str(workers), **(extra_env or {})}
         self.server = Server(f"control plane ({workers} worker{'s' if workers > 1 else ''})",
                              [sys.executable, "-m", "app"], self.url + "/readyz", env, PROJECT_ROOT,
                              work / f"control-plane-{workers}w.log")

@@ -23,6 +23,7 @@ class Context:
     pinned: bool
     versions: dict[str, dict[str, str]]
     models: dict[str, str]
+    api_environment: dict[str, str]  # MLOPS_* variables the control plane inherited from the harness
     seconds: float
     latency_seconds: float
 
@@ -82,21 +83,21 @@ def _ratios(rows: list[Measurement], load: str) -> list[str]:
 
 def _proxy_lines(rows: list[Measurement]) -> list[str]:
     """Proxied against direct, per pass and worker count: share of req/s at c=32, added p50 at c=1."""
-    def find(number: int, workers: int | None, route: str, connections: int) -> Measurement | None:
-        return next((m for m in rows if (m.pass_number, m.workers, m.route, m.load.connections)
-                     == (number, workers, route, connections)), None)
+    def find(number: int, variant: str | None, route: str, connections: int) -> Measurement | None:
+        return next((m for m in rows if (m.pass_number, m.variant, m.route, m.load.connections)
+                     == (number, variant, route, connections)), None)
 
     lines = []
     for m in rows:
         if m.route != "proxied" or m.load.connections != 32:
             continue
-        direct = find(m.pass_number, m.workers, "direct", 32)
+        direct = find(m.pass_number, m.variant, "direct", 32)
         if direct is None:
             continue
-        text = (f"- pass {m.pass_number}, {m.workers} API worker(s): through the control plane "
+        text = (f"- pass {m.pass_number}, {m.variant}: through the control plane "
                 f"**{m.result.rps / direct.result.rps:.0%}** of the direct requests per second at c=32")
-        single = find(m.pass_number, m.workers, "proxied", 1)
-        single_direct = find(m.pass_number, m.workers, "direct", 1)
+        single = find(m.pass_number, m.variant, "proxied", 1)
+        single_direct = find(m.pass_number, m.variant, "direct", 1)
         if single and single_direct:
             text += f"; **{single.result.p50_ms - single_direct.result.p50_ms:+.2f} ms** on the p50 at c=1"
         lines.append(text)
@@ -165,6 +166,9 @@ def render(context: Context, measurements: list[Measurement]) -> str:
             "alternating order. Start-up and RSS are the API's (its workers, without the model server). The three",
             "processes (wrk, the API, the model server) share the two cores, so the faster the model server, the",
             "larger the share of the CPU the proxy's work takes from it.",
+            "",
+            "MLOPS_* variables set for the API beyond the harness's own: "
+            + (", ".join(f"`{k}={v}`" for k, v in sorted(context.api_environment.items())) or "none") + ".",
             "",
         ]
         for key, title in context.models.items():

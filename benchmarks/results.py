@@ -24,6 +24,6 @@ class Measurement:
     result: LoadResult
     startup_seconds: float | None
     rss_mib: float | None
-    # Control-plane runs: "direct" or "proxied", and the API's MLOPS_WORKERS.
+    # Control-plane runs: "direct" or "proxied", and the API's settings (workers, environment).
     route: str | None = None
-    workers: int | None = None
+    variant: str | None = None

@@ -43,11 +43,14 @@ from benchmarks.servers import TARGETS, Target
 
 WORK = Path(__file__).resolve().parent / ".work"
 CONTROL_PLANE = "control-plane"
+# The API without uvicorn's access log (one line written per request at the default level, info).
+QUIET_API = {"MLOPS_LOG_LEVEL": "warning"}
 ALL = (*TARGETS, CONTROL_PLANE)
 
 
 @dataclass
 class Settings:
+    quick: bool
     passes: int
     seconds: float
     latency_seconds: float
@@ -112,12 +115,14 @@ def measure_server(target: Target, model: BenchModel, peer: environments.PeerEnv
             for load, result in results]
 
 
-def measure_control_plane(model: BenchModel, tracking_uri: str, settings: Settings,
-                          pass_number: int, workers: int) -> list[Measurement]:
+def measure_control_plane(model: BenchModel, tracking_uri: str, settings: Settings, pass_number: int,
+                          workers: int, api_env: dict[str, str]) -> list[Measurement]:
     """Calls through the API and straight to the model server it deployed, in alternating order."""
     ours = TARGETS["ours"]
-    plane = ControlPlane(WORK, tracking_uri, workers)
-    print(f"  control plane, MLOPS_WORKERS={workers}, on {model.title}", flush=True)
+    plane = ControlPlane(WORK, tracking_uri, workers, api_env)
+    settings_text = [f"{workers} API worker{'s' if workers > 1 else ''}", *(f"{k}={v}" for k, v in api_env.items())]
+    variant = ", ".join(settings_text)
+    print(f"  control plane ({variant}) on {model.title}", flush=True)
     plane.start(settings.server_cpus)
     measurements = []
     try:
@@ -128,13 +133,12 @@ def measure_control_plane(model: BenchModel, tracking_uri: str, settings: Settin
         loads = loads_for(model.key, settings)[:2]
         for route, url in routes:
             print(f"   {route}", flush=True)
-            workers_text = f"{workers} API worker{'s' if workers > 1 else ''}"
-            name = f"direct ({workers_text} beside)" if route == "direct" else f"proxied ({workers_text})"
+            name = f"direct (beside the API: {variant})" if route == "direct" else f"proxied ({variant})"
             for load, result in drive(url, ours, model, loads, settings):
                 proxied = route == "proxied"
                 measurements.append(Measurement(
                     pass_number, model.key, name, load, result, plane.server.startup_seconds if proxied else None,
-                    plane.api_rss_mib() if proxied else None, route, workers))
+                    plane.api_rss_mib() if proxied else None, route, variant))
         plane.undeploy()
     finally:
         plane.stop()
@@ -173,6 +177,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))} (known: {', '.join(ALL)})")
     seconds = 3.0 if args.quick else args.seconds
     settings = Settings(
+        quick=args.quick,
         passes=1 if args.quick else args.passes,
         seconds=seconds,
         latency_seconds=max(2.0, seconds / 2),
@@ -220,12 +225,14 @@ def main(argv: list[str] | None = None) -> int:
                     measurements += measure_server(target, model, peers.get(target.name), tracking_uri, settings,
                                                    number)
             if CONTROL_PLANE in settings.only:
-                # Every worker count on the fastest model server (the hardest case for the proxy);
-                # the first on the others, whose speed is closer to the peers'.
-                sessions = [(models[0], workers) for workers in settings.worker_counts]
-                sessions += [(model, settings.worker_counts[0]) for model in models[1:]]
-                for model, workers in sessions if number % 2 else reversed(sessions):
-                    measurements += measure_control_plane(model, tracking_uri, settings, number, workers)
+                # Every worker count on the fastest model server (the hardest case for the proxy), and
+                # without uvicorn's access log; the first worker count on the slower model servers.
+                first = settings.worker_counts[0]
+                sessions = [(models[0], workers, {}) for workers in settings.worker_counts]
+                sessions += [(models[0], first, QUIET_API)] if not settings.quick else []
+                sessions += [(model, first, {}) for model in models[1:]]
+                for model, workers, api_env in sessions if number % 2 else reversed(sessions):
+                    measurements += measure_control_plane(model, tracking_uri, settings, number, workers, api_env)
     finally:
         embedded_mlflow.stop(mlflow_process) if mlflow_process else None
     context = report.Context(
@@ -233,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         machine=machine(), load_before=loads_before, load_after=load_average(),
         pinned=settings.server_cpus is not None, versions={name: env.versions() for name, env in peers.items()},
         models={model.key: model.title for model in models}, seconds=settings.seconds,
+        api_environment={key: value for key, value in os.environ.items()
+                         if key.startswith("MLOPS_") and key not in ControlPlane.OWN_VARIABLES},
         latency_seconds=settings.latency_seconds,
     )
     text = report.render(context, measurements)
