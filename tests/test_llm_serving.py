@@ -77,6 +77,19 @@ def test_chat_deployment_speaks_openai_plain_streamed_and_to_the_openai_client(a
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=base, api_key="not-a-token-0123456789", max_retries=0).models.list()
 
+    # The seed's predict route maps onto the same model.
+    with httpx.Client(base_url=api.url, headers=predict, timeout=60) as client:
+        by_prompt = client.post("/api/v1/inference/chat-1/predict",
+                                json={"userId": "u-1", "data": {"prompt": "the quick", "max_tokens": 3}})
+        assert by_prompt.status_code == 200, by_prompt.text
+        assert len(by_prompt.json()["predictions"]) == 1 and isinstance(by_prompt.json()["predictions"][0], str)
+        assert by_prompt.json()["usage"]["completion_tokens"] <= 3
+        by_messages = client.post("/api/v1/inference/chat-1/predict", json={
+            "data": {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}})
+        assert by_messages.status_code == 200 and by_messages.json()["model"] == "tiny-chat"
+        tabular_body = client.post("/api/v1/inference/chat-1/predict", json={"data": {"features": [[1.0]]}})
+        assert tabular_body.status_code == 422 and tabular_body.json()["error"]["field"] == "data"
+
     with api.client(headers=admin) as client:
         assert client.delete("/api/v1/inference/deployments/chat-1").status_code == 200
         assert client.post("/api/v1/inference/chat-1/v1/chat/completions", json={}).status_code == 404

@@ -27,6 +27,7 @@ from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 from app.core.manifests import KIND_INFERENCE, inference_deployment, inference_service
+from app.core.openai_proxy import OpenAIProxy
 from app.core.proxy import PredictProxy
 from app.errors import NotReady, UpstreamError, install_error_handlers
 from app.main import create_app
@@ -303,6 +304,7 @@ def predict_app(url: str, fast_path: bool) -> FastAPI:
 
     app = FastAPI(lifespan=lifespan)
     app.state.proxy = proxy
+    app.state.openai_proxy = OpenAIProxy(cache, profiles)  # consulted only for language models
     install_error_handlers(app)
     if fast_path:
         app.add_middleware(inference.PredictFastPath)

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.core.openai_proxy import OpenAIProxy
 from app.core.proxy import PredictProxy
 from app.deps import DeploymentsDep
 from app.errors import MlopsError, PayloadTooLarge, error_body
@@ -132,6 +133,16 @@ async def _read_body(receive: Receive, declared: str | None, limit: int | None) 
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+async def _predict(state: Any, task_id: str, body: bytes, content_type: str) -> tuple[int, bytes, str]:
+    """A language model takes the seed's body through its OpenAI routes (a profile lookup in memory);
+    every other model gets the bytes as they are."""
+    language_models: OpenAIProxy = state.openai_proxy
+    if language_models.is_language_model(task_id):
+        status, payload = await language_models.predict(task_id, body)
+        return status, payload, "application/json"
+    return await state.proxy.forward(task_id, "/predict", body, content_type)
+
+
 async def serve_predict(scope: Scope, receive: Receive, send: Send, task_id: str) -> None:
     """POST /api/v1/inference/{task_id}/predict as a bare ASGI handler: two headers and the raw body
     in, the model server's status, content type and bytes out; domain errors in the API's shape."""
@@ -144,7 +155,8 @@ async def serve_predict(scope: Scope, receive: Receive, send: Send, task_id: str
     proxy: PredictProxy = scope["app"].state.proxy
     try:
         body = await _read_body(receive, declared, proxy.max_body_bytes(task_id))
-        status, payload, media_type = await proxy.forward(task_id, "/predict", body, content_type or "application/json")
+        status, payload, media_type = await _predict(scope["app"].state, task_id, body,
+                                                     content_type or "application/json")
         headers = [(b"content-type", media_type.encode("latin-1"))]
     except ClientGone:
         return
@@ -182,7 +194,7 @@ async def predict(task_id: str, request: Request) -> Response:
     proxy: PredictProxy = request.app.state.proxy
     body = await _read_body(request.receive, request.headers.get("content-length"), proxy.max_body_bytes(task_id))
     content_type = request.headers.get("content-type", "application/json")
-    status, payload, media_type = await proxy.forward(task_id, "/predict", body, content_type)
+    status, payload, media_type = await _predict(request.app.state, task_id, body, content_type)
     return Response(content=payload, status_code=status, media_type=media_type)
 
 
