@@ -8,6 +8,12 @@
 set -euo pipefail
 
 readonly SCRIPT_NAME="clear_all_k3s.sh"
+
+# The helpers all three scripts share (die, log, namespace checks), beside this script.
+HERE=${BASH_SOURCE[0]%/*}
+[[ $HERE != "${BASH_SOURCE[0]}" ]] || HERE=.
+# shellcheck source=SCRIPTDIR/kubernetes/k3s-common.sh
+source "${HERE}/kubernetes/k3s-common.sh"
 readonly PLATFORM_SELECTOR="app.kubernetes.io/part-of=mlops-platform"
 readonly API_OBJECTS_SELECTOR="app.kubernetes.io/managed-by=fastapi-mlops-api"
 # What the API creates (app/runtime/permissions.py grants it no other kind).
@@ -29,35 +35,6 @@ Options:
                credential Secrets, and the namespace itself when deploy_all_k3s.sh created it
   -h, --help   show this help
 EOF
-}
-
-die() {
-    echo "${SCRIPT_NAME}: $*" >&2
-    exit 1
-}
-
-die_usage() {
-    echo "${SCRIPT_NAME}: $*" >&2
-    echo "Try './${SCRIPT_NAME} --help'." >&2
-    exit 2
-}
-
-log() {
-    printf '==> %s\n' "$*"
-}
-
-# A namespace name is a DNS-1123 label; checking it here also makes it safe on any command line.
-validate_namespace() {
-    local ns=$1
-    if ((${#ns} > 63)) || [[ ! $ns =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]]; then
-        die_usage "invalid namespace '${ns}': a namespace is a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"
-    fi
-}
-
-set_namespace_arg() {
-    [[ -n $1 ]] || die_usage "the namespace must not be empty"
-    [[ -z $NAMESPACE ]] || die_usage "only one namespace may be given (got '${NAMESPACE}' and '$1')"
-    NAMESPACE=$1
 }
 
 parse_args() {

