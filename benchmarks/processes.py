@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 
 def free_port() -> int:
@@ -96,18 +97,21 @@ class Server:
     log_path: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     startup_seconds: float | None = None
+    _log: IO[bytes] | None = None
 
     def start(self, cpus: str | None = None, timeout: float = 180.0) -> "Server":
         command = ["taskset", "-c", cpus, *self.command] if cpus is not None else self.command
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - closed in stop
+        self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed in stop
         started = time.monotonic()
         self.process = subprocess.Popen(
-            command, env={**os.environ, **self.env}, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            command, env={**os.environ, **self.env}, cwd=self.cwd, stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+                code = self.process.returncode
+                self.stop()
+                raise RuntimeError(f"{self.name} exited with {code}; see {self.log_path}")
             if http_status(self.ready_url, timeout=1.0) == 200:
                 self.startup_seconds = time.monotonic() - started
                 return self
@@ -130,3 +134,6 @@ class Server:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None

@@ -146,6 +146,16 @@ def render(context: Context, measurements: list[Measurement]) -> str:
         "to the first 200 from the readiness route; RSS is the resident memory of the server's process tree after",
         "its measurements.",
         "",
+        "What sets ours apart, and where it costs: it predicts through a form prepared at load time and checked",
+        "there against the framework's own answers on probe rows (`numpy linear`: `x @ coef + intercept`;",
+        "`numpy forest`: every tree walked at once on the trees' node arrays, or tree by tree for large batches;",
+        "`numpy` for the PyTorch MLP; `single-thread raw predict` for the classifier), falling back to the",
+        "framework's call when the check fails (`GET /metadata` says which form serves). The peers call",
+        "scikit-learn's `predict`, which validates its input on every call and, for a forest, dispatches the trees",
+        "through joblib. The request path is a bare ASGI app under uvicorn (httptools, uvloop): orjson in and out,",
+        "one numpy conversion of the rows, a Content-Length on every answer. Its start-up and memory are those of",
+        "loading through MLflow: the `mlflow` and scikit-learn imports.",
+        "",
     ]
     for key, title in context.models.items():
         rows = [m for m in measurements if m.model == key and m.route is None]
@@ -165,7 +175,10 @@ def render(context: Context, measurements: list[Measurement]) -> str:
             "`POST /api/v1/inference/{task_id}/predict`; against the same model server called on its own port, in",
             "alternating order. Start-up and RSS are the API's (its workers, without the model server). The three",
             "processes (wrk, the API, the model server) share the two cores, so the faster the model server, the",
-            "larger the share of the CPU the proxy's work takes from it.",
+            "larger the share of the CPU the proxy's work takes from it. The proxy: `PredictFastPath` answers predict",
+            "calls ahead of FastAPI's routing (inside the auth and body-limit middleware), the body is forwarded as",
+            "raw bytes over a minimal HTTP/1.1 client (asyncio and httptools) with one keep-alive pool per model",
+            "server and worker. `MLOPS_LOG_LEVEL=warning` rows: the same without uvicorn's access log.",
             "",
             "MLOPS_* variables set for the API beyond the harness's own: "
             + (", ".join(f"`{k}={v}`" for k, v in sorted(context.api_environment.items())) or "none") + ".",

@@ -245,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         latency_seconds=settings.latency_seconds,
     )
     text = report.render(context, measurements)
+    (WORK / "last-report.md").write_text(text)  # kept whatever --output says
     if args.no_write:
         print(text)
     else:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
         print(f"wrote {args.output}")
     return 0
