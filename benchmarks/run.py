@@ -26,7 +26,7 @@ import numpy as np
 
 from app import embedded_mlflow
 from benchmarks import environments, report
-from benchmarks.control_plane import ControlPlane
+from benchmarks.control_plane import ControlPlane, stop_workloads
 from benchmarks.load import LoadError, LoadResult, require_wrk, run_wrk
 from benchmarks.models import (
     BATCH_ROWS,
@@ -126,7 +126,7 @@ def measure_control_plane(model: BenchModel, tracking_uri: str, settings: Settin
     plane.start(settings.server_cpus)
     measurements = []
     try:
-        plane.deploy(model)
+        plane.deploy(model, ours.body(model.rows[:1]))
         routes = [("direct", plane.direct_url()), ("proxied", plane.predict_url)]
         if pass_number % 2 == 0:
             routes.reverse()
@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before: {loads_before}", flush=True)
     mlflow_dir = WORK / "mlflow"
     shutil.rmtree(mlflow_dir, ignore_errors=True)
+    stop_workloads(WORK / "control-plane")
     shutil.rmtree(WORK / "control-plane", ignore_errors=True)
     tracking_uri, mlflow_process = embedded_mlflow.start(mlflow_dir, free_port())
     measurements: list[Measurement] = []
