@@ -20,7 +20,7 @@ run: $(STAMP)
 
 ## test: run the whole test suite
 test: $(STAMP)
-	$(PY) -m ruff check app models script tests
+	$(PY) -m ruff check app models script tests benchmarks
 	$(PY) -m pytest -q
 
 ## bench: the predict-path benchmark against the peers (run by hand; writes docs/benchmarks.md)
@@ -32,7 +32,7 @@ images:
 	./docker/build_images.sh
 
 lint: $(STAMP)
-	$(PY) -m ruff check app models script tests
+	$(PY) -m ruff check app models script tests benchmarks
 
 clean:
 	rm -rf $(VENV) .mlops .pytest_cache

@@ -54,6 +54,7 @@ def main() -> int:
             port=settings.port,
             workers=settings.worker_count(),
             log_level=settings.log_level,
+            access_log=settings.access_log,
             # Never hang on a client that will not finish; log streams end at once (app/shutdown.py).
             timeout_graceful_shutdown=30,
         )

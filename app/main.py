@@ -17,6 +17,7 @@ from app.errors import install_error_handlers
 from app.middleware import AuthMiddleware, BodyLimitMiddleware
 from app.profiles import load_profiles
 from app.routers import health, inference, openai, training
+from app.routers.inference import PredictFastPath
 from app.runtime.base import Runtime
 from app.settings import RuntimeKind, Settings
 from models import HANDLERS
@@ -116,6 +117,7 @@ def create_app(
     app.state.deployments = DeploymentService(runtime, profiles, tracking, refs)
     install_error_handlers(app)
     # Added last = outermost: a caller without a token is refused before its body is read.
+    app.add_middleware(PredictFastPath)  # innermost: behind auth and body limits, before routing
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        max_predict_bytes=settings.max_predict_body_bytes)
     app.add_middleware(AuthMiddleware, authenticator=authenticator)

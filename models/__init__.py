@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 HANDLERS: dict[str, str] = {
     "torch_mlp_regressor": "models.torch_mlp:TorchMlpRegressorHandler",
     "sklearn_hgb_classifier": "models.sklearn_classifier:HistGradientBoostingClassifierHandler",
+    "sklearn_regressor": "models.sklearn_regressor:SklearnRegressorHandler",
     "llm_lora": "models.llm_lora:LoraFineTuneHandler",
     "llm_chat": "models.llm_chat:ChatModelHandler",
 }

@@ -177,10 +177,13 @@ class LocalRuntime:
         task_dir = self._dir(kind, task_id)
         if not (task_dir / "task.json").exists():
             return False
-        # Mark first, so that the reconcile loop never restarts what is being removed.
-        (task_dir / "deleting").touch()
-        self.endpoints.remove(task_id)
-        self._stop_supervisor(task_dir)
+        # Under the lock a restart takes, and marked first: the reconcile loop (of any worker)
+        # never restarts what is being removed.
+        with open(task_dir / "lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            (task_dir / "deleting").touch()
+            self.endpoints.remove(task_id)
+            self._stop_supervisor(task_dir)
         shutil.rmtree(task_dir, ignore_errors=True)
         return True
 
@@ -450,9 +453,14 @@ class LocalRuntime:
 
     def _restart_supervisor(self, task_dir: Path) -> None:
         # Several API workers may notice at once: one restarts it, under a lock.
-        with open(task_dir / "lock", "a") as lock:
+        try:
+            lock = open(task_dir / "lock", "a")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return  # deleted meanwhile
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if (task_dir / "deleting").exists() or self._supervisor_alive(task_dir):
+            gone = (task_dir / "deleting").exists() or not (task_dir / "task.json").exists()
+            if gone or self._supervisor_alive(task_dir):
                 return
             self._spawn_supervisor(task_dir)
 
