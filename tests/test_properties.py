@@ -54,7 +54,7 @@ def train_requests(draw: st.DrawFn) -> TrainRequest:
         model_profile=profile.name,
         custom_model_name=draw(st.none() | st.text(min_size=1, max_size=60)),
         dataset_path="s3://" + draw(st.from_regex(r"[a-z0-9][a-z0-9.-]{2,20}/[\w./-]{1,40}", fullmatch=True)),
-        target_column=draw(st.none() | st.text(min_size=1, max_size=30)),
+        target_column=None if profile.llm else draw(st.none() | st.text(min_size=1, max_size=30)),
         use_gpu=draw(st.booleans()),
         hyperparameters=draw(hyperparameters_within(profile)),
     )
