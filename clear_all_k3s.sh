@@ -52,12 +52,7 @@ parse_args() {
         esac
         shift
     done
-    while (($#)); do
-        set_namespace_arg "$1"
-        shift
-    done
-    NAMESPACE=${NAMESPACE:-default}
-    validate_namespace "$NAMESPACE"
+    finish_namespace "$@"
 }
 
 # Asks on the terminal (or stdin); anything but y/yes, or no input at all, answers no.

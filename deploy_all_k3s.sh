@@ -83,12 +83,7 @@ parse_args() {
         esac
         shift
     done
-    while (($#)); do
-        set_namespace_arg "$1"
-        shift
-    done
-    NAMESPACE=${NAMESPACE:-default}
-    validate_namespace "$NAMESPACE"
+    finish_namespace "$@"
     [[ $TIMEOUT_SECONDS =~ ^[1-9][0-9]*$ ]] || die_usage "--timeout must be a whole number of seconds, not '${TIMEOUT_SECONDS}'"
     case $IMAGE_LOAD in
         auto | k3s | registry) ;;

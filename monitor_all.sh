@@ -49,12 +49,7 @@ parse_args() {
         esac
         shift
     done
-    while (($#)); do
-        set_namespace_arg "$1"
-        shift
-    done
-    NAMESPACE=${NAMESPACE:-default}
-    validate_namespace "$NAMESPACE"
+    finish_namespace "$@"
     [[ $INTERVAL =~ ^[0-9]+$ ]] || die_usage "--interval must be a whole number of seconds, not '${INTERVAL}'"
     [[ $COUNT =~ ^[0-9]+$ ]] || die_usage "--count must be a whole number, not '${COUNT}'"
 }

@@ -30,3 +30,13 @@ set_namespace_arg() {
     [[ -z $NAMESPACE ]] || die_usage "only one namespace may be given (got '${NAMESPACE}' and '$1')"
     NAMESPACE=$1
 }
+
+# After the options: what follows `--` names the namespace too; then default it and check it.
+finish_namespace() {
+    while (($#)); do
+        set_namespace_arg "$1"
+        shift
+    done
+    NAMESPACE=${NAMESPACE:-default}
+    validate_namespace "$NAMESPACE"
+}

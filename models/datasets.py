@@ -129,3 +129,14 @@ def split(data: TabularData, fraction: float, seed: int) -> tuple[np.ndarray, np
     n_val = round(rows * fraction) if fraction > 0 else 0
     n_val = min(max(n_val, 1 if fraction > 0 else 0), rows - 1)
     return order[n_val:], order[:n_val]
+
+
+class TabularHandler:
+    """What the tabular handlers share: a CSV read by `load_tabular` under the handler's rules."""
+
+    categorical_target = False
+    allows_missing_features = False
+
+    def load_dataset(self, path: str, target_column: str | None) -> TabularData:
+        return load_tabular(path, target_column, categorical_target=self.categorical_target,
+                            allows_missing_features=self.allows_missing_features)

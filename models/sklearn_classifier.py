@@ -9,13 +9,12 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import sklearn
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import accuracy_score, f1_score, log_loss
 
 from models.base import InputError, TabularData, TrainContext, TrainingError
-from models.datasets import load_tabular, split
-from models.spec import MODEL_ARTIFACT_PATH
+from models.datasets import TabularHandler, split
+from models.sklearn_logging import log_sklearn_model
 
 # MLflow saves scikit-learn models with skops (no arbitrary pickle). skops asks to name the types
 # a file may hold beyond its safe defaults: this model's tree predictors, written by our trainer.
@@ -26,13 +25,9 @@ def _json_label(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-class HistGradientBoostingClassifierHandler:
+class HistGradientBoostingClassifierHandler(TabularHandler):
     categorical_target = True
     allows_missing_features = True  # the trees route missing values natively
-
-    def load_dataset(self, path: str, target_column: str | None) -> TabularData:
-        return load_tabular(path, target_column, categorical_target=self.categorical_target,
-                            allows_missing_features=self.allows_missing_features)
 
     def train(self, data: TabularData, context: TrainContext) -> dict[str, float]:
         hp = context.hyperparameters
@@ -62,15 +57,7 @@ class HistGradientBoostingClassifierHandler:
             mlflow.log_metric("train_neg_log_loss", float(loss), step=step, synchronous=False)
         mlflow.log_metrics(metrics)
         print(json.dumps({"message": "trained", **{k: round(v, 6) for k, v in metrics.items()}}), flush=True)
-        mlflow.sklearn.log_model(
-            model,
-            name=MODEL_ARTIFACT_PATH,
-            input_example=data.features[: min(5, len(data.features))],
-            pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"mlflow=={mlflow.__version__}"],
-            registered_model_name=context.registered_model_name,
-            metadata={"feature_names": data.feature_names, "target": data.target_name},
-            skops_trusted_types=TRUSTED_TYPES,
-        )
+        log_sklearn_model(model, data, context, TRUSTED_TYPES)
         return metrics
 
     @staticmethod

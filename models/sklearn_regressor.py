@@ -13,14 +13,13 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import sklearn
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from models.base import InputError, TabularData, TrainContext, TrainingError
-from models.datasets import load_tabular, split
-from models.spec import MODEL_ARTIFACT_PATH
+from models.datasets import TabularHandler, split
+from models.sklearn_logging import log_sklearn_model
 
 # skops loads only the types it is told to trust beyond its safe defaults: a forest's trees.
 TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
@@ -32,14 +31,7 @@ FLAT_FOREST_MAX_ROWS = 32
 Form = Callable[[np.ndarray], np.ndarray]
 
 
-class SklearnRegressorHandler:
-    categorical_target = False
-    allows_missing_features = False
-
-    def load_dataset(self, path: str, target_column: str | None) -> TabularData:
-        return load_tabular(path, target_column, categorical_target=self.categorical_target,
-                            allows_missing_features=self.allows_missing_features)
-
+class SklearnRegressorHandler(TabularHandler):
     def train(self, data: TabularData, context: TrainContext) -> dict[str, float]:
         hp = context.hyperparameters
         if context.initial_model_uri:
@@ -70,15 +62,7 @@ class SklearnRegressorHandler:
         mlflow.log_metrics(metrics)
         print(json.dumps({"message": "trained", "estimator": estimator,
                           **{k: round(v, 6) for k, v in metrics.items()}}), flush=True)
-        mlflow.sklearn.log_model(
-            model,
-            name=MODEL_ARTIFACT_PATH,
-            input_example=data.features[: min(5, len(data.features))],
-            pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"mlflow=={mlflow.__version__}"],
-            registered_model_name=context.registered_model_name,
-            metadata={"feature_names": data.feature_names, "target": data.target_name},
-            skops_trusted_types=TRUSTED_TYPES,
-        )
+        log_sklearn_model(model, data, context, TRUSTED_TYPES)
         return metrics
 
     def load(self, model_uri: str, device: str) -> "RegressorPredictor":

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from models.base import InputError, TabularData, TrainContext, TrainingError
-from models.datasets import load_tabular, split
+from models.datasets import TabularHandler, split
 from models.spec import MODEL_ARTIFACT_PATH
 
 
@@ -66,14 +66,7 @@ def _pip_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
 
 
-class TorchMlpRegressorHandler:
-    categorical_target = False
-    allows_missing_features = False
-
-    def load_dataset(self, path: str, target_column: str | None) -> TabularData:
-        return load_tabular(path, target_column, categorical_target=self.categorical_target,
-                            allows_missing_features=self.allows_missing_features)
-
+class TorchMlpRegressorHandler(TabularHandler):
     def train(self, data: TabularData, context: TrainContext) -> dict[str, float]:
         hp = context.hyperparameters
         torch.manual_seed(int(hp["seed"]))
