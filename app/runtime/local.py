@@ -40,6 +40,8 @@ from models.spec import SERVE_HOST_ENV, SERVE_PORT_ENV, TERMINATION_LOG_ENV
 # (it keeps being restarted, as a Deployment's pod would be).
 FAILED_AFTER_RESTARTS = 2
 READY_PROBE_EVERY_SECONDS = 2.0
+# Failed probes in a row before a Ready model server is taken out of rotation (Kubernetes' default).
+READY_FAILURE_THRESHOLD = 3
 # Workload environment variables that only make sense inside a container.
 _CONTAINER_ONLY_ENV = {"HOME"}
 
@@ -111,6 +113,7 @@ class LocalRuntime:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._last_probe: dict[str, float] = {}
         self._readiness_paths: dict[str, str] = {}
+        self._probe_failures: dict[str, int] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -491,6 +494,13 @@ class LocalRuntime:
                     message = body.get("detail") if isinstance(body, dict) else None
         except (aiohttp.ClientError, TimeoutError, ValueError):
             pass
+        # As a readinessProbe's failureThreshold: a Ready server that misses one probe (a busy CPU
+        # delays its answer) stays Ready; several in a row, and it is not. A server that is gone
+        # is seen at once anyway: the proxy marks it unready on a refused connection.
+        failures = 0 if ready else self._probe_failures.get(endpoint.task_id, 0) + 1
+        self._probe_failures[endpoint.task_id] = failures
+        if endpoint.ready and not ready and failures < READY_FAILURE_THRESHOLD:
+            return
         # Only the entry that was probed may be replaced: a status read's own probe (or a proxy
         # error) may have changed it meanwhile, and a stale answer must not undo that.
         if self.endpoints.get(endpoint.task_id) is endpoint:
