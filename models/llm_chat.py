@@ -167,6 +167,7 @@ class TransformersEngine:
         inputs = self._inputs(prompt)
         streamer = TokenStreamer(self.tokenizer)
         counted: dict[str, int] = {}
+        failures: list[BaseException] = []
 
         def run() -> None:
             try:
@@ -174,6 +175,8 @@ class TransformersEngine:
                     output = self.model.generate(**inputs, streamer=streamer,
                                                  **self._generate_kwargs(max_tokens, temperature, top_p))
                 counted["new"] = int(output.shape[1] - inputs["input_ids"].shape[1])
+            except BaseException as exc:  # handed to the reader: a failed generation is no short answer
+                failures.append(exc)
             finally:
                 streamer.queue.put(None)  # never leave the reader waiting
 
@@ -185,6 +188,8 @@ class TransformersEngine:
                 pieces.append(piece)
                 yield piece
         worker.join()
+        if failures:
+            raise failures[0]
         new = counted.get("new", 0)
         yield Generation("".join(pieces), int(inputs["input_ids"].shape[1]), new,
                          "length" if new >= max_tokens else "stop")

@@ -76,11 +76,11 @@ class OpenAIProxy:
             raise UpstreamError(f"language model of '{task_id}' answered {response.status}: {text}")
 
         async def chunks() -> AsyncIterator[bytes]:
+            # An upstream that breaks mid-stream raises here, so the client's stream breaks too
+            # (no clean end that would pass a failed generation off as a short answer).
             try:
                 async for chunk in response.content.iter_any():
                     yield chunk
-            except (aiohttp.ClientError, TimeoutError):
-                return  # the upstream went away mid-stream: end ours, as a dropped SSE stream does
             finally:
                 response.release()
 
