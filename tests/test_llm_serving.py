@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests.llm_support import make_tiny_model
+from tests.support import wait_until
 from tests.test_e2e_local import wait_for_deployment
 
 ADMIN = "admin-token-for-llm-tests-0123456789"
@@ -36,7 +37,10 @@ def test_chat_deployment_speaks_openai_plain_streamed_and_to_the_openai_client(a
     base = f"{api.url}/api/v1/inference/chat-1/v1"
     predict = {"Authorization": f"Bearer {PREDICTOR}"}
     with httpx.Client(base_url=base, headers=predict, timeout=60) as client:
-        models = client.get("/models").json()
+        # With several API workers, one that has not probed since the server came up answers 503
+        # with Retry-After for up to a probe interval: retry as a client is told to.
+        models = wait_until(lambda: (r := client.get("/models")).status_code == 200 and r.json(), timeout=10,
+                            what="every API worker to route to the model")
         assert [m["id"] for m in models["data"]] == ["tiny-chat"]
         plain = client.post("/chat/completions", json={
             "model": "tiny-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6})
