@@ -107,6 +107,7 @@ def test_shutdown_closes_streams_finishes_requests_and_a_restart_keeps_the_runni
     bursts = [threading.Thread(target=predict_burst) for _ in range(4)]
     for burst in bursts:
         burst.start()
+    wait_until(lambda: predicts, timeout=20, what="predicts in flight before the stop")
     stopped = time.monotonic()
     api.stop()  # SIGINT, as Ctrl-C on make run
     assert time.monotonic() - stopped < 15
