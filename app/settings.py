@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     runtime: RuntimeKind = RuntimeKind.LOCAL
     host: str = "127.0.0.1"
     port: int = 8000
-    # uvicorn worker processes; unset: one per core, at most 4 (each keeps its own connection pool).
+    # uvicorn worker processes; unset: 1 locally, one per core (at most 4) on Kubernetes.
     workers: int | None = Field(default=None, ge=1)
     log_level: str = "info"
     # uvicorn's line per request. Off, the predict proxy does about 1.5x the requests per second
@@ -71,4 +71,9 @@ class Settings(BaseSettings):
     auth_disabled: bool = False
 
     def worker_count(self) -> int:
-        return self.workers or max(1, min(os.cpu_count() or 1, 4))
+        if self.workers:
+            return self.workers
+        # Local: one worker, since each worker's probes learn readiness on their own (a fresh Ready
+        # may be answered 503 by another worker for a probe interval). On a cluster every worker
+        # reads readiness from the same watch: one per core.
+        return 1 if self.runtime == RuntimeKind.LOCAL else max(1, min(os.cpu_count() or 1, 4))
