@@ -55,6 +55,8 @@ def main() -> int:
             workers=settings.worker_count(),
             log_level=settings.log_level,
             access_log=settings.access_log,
+            # uvicorn's httptools protocol, with predict calls forwarded from the parser.
+            http="app.predict_protocol:PredictProtocol",
             # Never hang on a client that will not finish; log streams end at once (app/shutdown.py).
             timeout_graceful_shutdown=30,
         )

@@ -5,6 +5,7 @@ Every error body has the same shape: {"error": {"code", "message", "field"?}}.
 
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -78,6 +79,11 @@ def error_body(code: str, message: str, field: str | None = None, **extra: Any) 
         detail["field"] = field
     detail.update(extra)
     return {"error": detail}
+
+
+def error_json(exc: MlopsError) -> bytes:
+    """The JSON body of an error answer, for paths that answer without FastAPI's handlers."""
+    return orjson.dumps(error_body(exc.code, exc.message, exc.field))
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

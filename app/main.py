@@ -15,6 +15,7 @@ from app.core.tracking import Tracking
 from app.core.training import TrainingService
 from app.errors import install_error_handlers
 from app.middleware import AuthMiddleware, BodyLimitMiddleware
+from app.predict_protocol import PredictLane
 from app.profiles import load_profiles
 from app.routers import health, inference, openai, training
 from app.routers.inference import PredictFastPath
@@ -88,6 +89,7 @@ def create_app(
     refs = ClusterRefs(config_map=settings.config_map_name, s3_secret=settings.s3_secret_name)
     proxy = PredictProxy(runtime.endpoints, profiles)
     openai_proxy = OpenAIProxy(runtime.endpoints, profiles)
+    lane = PredictLane(proxy, openai_proxy, authenticator, settings.max_predict_body_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -98,6 +100,7 @@ def create_app(
         try:
             yield
         finally:
+            lane.access_log.flush()
             await openai_proxy.close()
             await proxy.close()
             await runtime.close()
@@ -113,6 +116,8 @@ def create_app(
     app.state.runtime = runtime
     app.state.proxy = proxy
     app.state.openai_proxy = openai_proxy
+    # Predict calls taken straight from the HTTP parser (app/predict_protocol.py, `python -m app`).
+    app.state.predict_lane = lane
     app.state.training = TrainingService(runtime, profiles, tracking, refs)
     app.state.deployments = DeploymentService(runtime, profiles, tracking, refs)
     install_error_handlers(app)

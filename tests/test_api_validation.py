@@ -133,7 +133,9 @@ def test_dry_run_returns_the_job_and_applies_nothing(client, train_body, data_di
     assert no_tasks_created(data_dir)
 
 
-def test_unknown_task_is_404_on_every_route(client) -> None:
+@pytest.mark.parametrize("ghost", ["ghost", "..", "x" * 300, "Ṱo%20invoke%20chaos", "UPPER", "a_b"])
+def test_unknown_task_is_404_on_every_route(client, ghost: str) -> None:
+    """Ids no task can have too: never a path on disk (a name too long for it, "..")."""
     for method, path in [
         ("GET", "/api/v1/train/jobs/ghost"),
         ("GET", "/api/v1/train/jobs/ghost/status"),
@@ -145,6 +147,7 @@ def test_unknown_task_is_404_on_every_route(client) -> None:
         ("DELETE", "/api/v1/inference/deployments/ghost"),
         ("POST", "/api/v1/inference/ghost/predict"),
     ]:
+        path = path.replace("/ghost", "/" + ghost)
         response = client.request(method, path, json={"data": {"features": [[1]]}} if method == "POST" else None)
         assert response.status_code == 404, (method, path, response.text)
         assert error_of(response)["code"] == "not_found"

@@ -5,18 +5,25 @@ server validates it. The client is a minimal HTTP/1.1 one (asyncio + httptools, 
 uvicorn uses) with one keep-alive pool per model server and worker, chosen by measurement: on a
 one-row predict it costs a fraction of aiohttp's CPU per forwarded request, and httpx's defaults
 cost several times aiohttp's (docs/benchmarks.md).
+
+The client is driven by callbacks, not coroutines: `PredictProxy.submit` sends a request and calls
+back with the answer, with no task or future per request, which is what lets the API's predict
+protocol (app/predict_protocol.py) forward at nearly the model server's own rate.
+`PredictProxy.forward` is the same for coroutines.
 """
 
 import asyncio
+import contextlib
 import ssl
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httptools
 
-from app.errors import NotReady, PayloadTooLarge, TaskNotFound, UpstreamError, UpstreamTimeout
+from app.errors import MlopsError, NotReady, PayloadTooLarge, TaskNotFound, UpstreamError, UpstreamTimeout
 from app.profiles import ModelProfile
 from app.runtime.base import Endpoint, EndpointCache
 
@@ -25,6 +32,10 @@ DEFAULT_CONTENT_TYPE = b"application/json"
 # A pooled connection idle this long is closed rather than reused (servers drop idle ones too;
 # one that was dropped anyway is noticed and the request retried on a new connection).
 IDLE_SECONDS = 30.0
+
+Answer = tuple[int, bytes, bytes]  # status, body, content type
+# Called once per request: with the answer, or with the exception that ended it.
+OnAnswer = Callable[[Answer | None, BaseException | None], None]
 
 
 class ConnectionLost(Exception):
@@ -51,7 +62,7 @@ class _Connection(asyncio.Protocol):
         self.reusable = True
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[tuple[int, bytes, bytes]] | None = None
+        self._on_answer: OnAnswer | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -61,13 +72,12 @@ class _Connection(asyncio.Protocol):
         self._headers_done = False
         self._framed = False  # Content-Length or chunked: the answer's end is known without EOF
 
-    async def exchange(self, request: list[bytes]) -> tuple[int, bytes, bytes]:
-        """Send one request; its status, body and content type."""
+    def send(self, request: list[bytes], on_answer: OnAnswer) -> None:
+        """Write one request; `on_answer` is called once, with its status, body and content type."""
         assert self.transport is not None
         self._reset()
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._on_answer = on_answer
         self.transport.writelines(request)
-        return await self._waiter
 
     def close(self) -> None:
         self.reusable = False
@@ -80,23 +90,23 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None or self._waiter.done():
+        if self._on_answer is None:
             self.close()  # nothing was asked: a server that talks out of turn is not reused
             return
         self._answered = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._finish(exception=BadAnswer(f"invalid HTTP answer: {exc}"))
             self.close()
+            self._finish(None, BadAnswer(f"invalid HTTP answer: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
-        if self._waiter is not None and not self._waiter.done():
+        if self._on_answer is not None:
             if self._headers_done and not self._framed:
                 self.on_message_complete()  # an answer delimited by the end of the connection
             else:
-                self._finish(exception=ConnectionLost(self._answered))
+                self._finish(None, ConnectionLost(self._answered))
 
     # httptools callbacks
 
@@ -116,16 +126,13 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if not self._parser.should_keep_alive():
             self.reusable = False
-        self._finish(result=(self._parser.get_status_code(), b"".join(self._body), self._content_type))
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._finish((self._parser.get_status_code(), body, self._content_type), None)
 
-    def _finish(self, result: tuple[int, bytes, bytes] | None = None, exception: Exception | None = None) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is None or waiter.done():
-            return
-        if exception is not None:
-            waiter.set_exception(exception)
-        else:
-            waiter.set_result(result)  # type: ignore[arg-type]
+    def _finish(self, answer: Answer | None, exception: BaseException | None) -> None:
+        on_answer, self._on_answer = self._on_answer, None
+        if on_answer is not None:
+            on_answer(answer, exception)
 
 
 def _header_bytes(headers: Mapping[str, str]) -> bytes:
@@ -150,13 +157,85 @@ class _Target:
         return cls(endpoint.base_url, tuple(endpoint.headers.items()), endpoint.ssl_context)
 
 
+class Exchange:
+    """One request to one model server, from submission to its single callback: waits for a
+    connection when the pool is at its limit, is retried once on a new connection when a kept-alive
+    one turns out closed, and ends at its deadline."""
+
+    __slots__ = ("_attempt", "_connection", "_on_answer", "_pool", "_request", "_timer", "done")
+
+    def __init__(self, pool: "_Pool", request: list[bytes], on_answer: OnAnswer, timeout: float):
+        self._pool = pool
+        self._request = request
+        self._on_answer = on_answer
+        self._connection: _Connection | None = None
+        self._attempt = 1
+        self.done = False
+        self._timer = pool.loop.call_later(timeout, self._expire)
+
+    def cancel(self) -> None:
+        """Stop waiting for the answer (the caller's timeout or cancellation): a connection left
+        mid-request is closed, never reused. No callback follows."""
+        if self.done:
+            return
+        self.done = True
+        self._timer.cancel()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+            self._pool.release(connection)
+        else:
+            self._pool.forget(self)
+
+    def _expire(self) -> None:
+        if not self.done:
+            self.cancel()
+            self._on_answer(None, TimeoutError())
+
+    def start(self, connection: _Connection) -> None:
+        if self.done:  # cancelled while it waited for this connection
+            self._pool.release(connection)
+            return
+        self._connection = connection
+        connection.send(self._request, self._answered)
+
+    def fail(self, exception: BaseException) -> None:
+        if not self.done:
+            self.done = True
+            self._timer.cancel()
+            self._on_answer(None, exception)
+
+    def _answered(self, answer: Answer | None, exception: BaseException | None) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None or self.done:
+            return
+        if isinstance(exception, ConnectionLost) and not exception.answered:
+            # Predict has no side effects: a request dropped before any answer (most often on a
+            # kept-alive connection the server had closed) is retried once, on a new connection;
+            # the other idle ones are likely stale too (a restarted server), so they go as well.
+            self._pool.release(connection)
+            if self._attempt == 1:
+                self._attempt = 2
+                self._pool.drop_idle()
+                self._pool.dispatch(self)
+                return
+            exception = Unreachable("the model server closed the connection twice without answering")
+        else:
+            self._pool.release(connection)
+        self.done = True
+        self._timer.cancel()
+        self._on_answer(answer, exception)
+
+
 class _Pool:
-    """Keep-alive connections to one model server, at most `limit` at a time."""
+    """Keep-alive connections to one model server, at most `limit` at a time; requests beyond that
+    wait, in order, for one to come back."""
 
     def __init__(self, target: _Target, limit: int):
         url = urlsplit(target.base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"cannot forward to {target.base_url!r}: an http:// or https:// URL is needed")
+        self.loop = asyncio.get_running_loop()
         self.target = target
         self.host = url.hostname
         self.port = url.port or (443 if url.scheme == "https" else 80)
@@ -165,37 +244,62 @@ class _Pool:
             self.tls = target.ssl_context or ssl.create_default_context()
         self.path_prefix = url.path.rstrip("/").encode()
         self.fixed_headers = f"Host: {url.netloc}\r\n".encode("latin-1") + _header_bytes(dict(target.headers))
+        self.limit = limit
+        self._open = 0  # connections in use, idle or being made
         self._idle: list[_Connection] = []
-        self._slots = asyncio.Semaphore(limit)
+        self._waiting: deque[Exchange] = deque()
+        self._closed = False
+        self.endpoint: Endpoint | None = None  # the last endpoint found to use this pool
 
-    async def post(self, path: str, body: bytes, content_type: bytes) -> tuple[int, bytes, bytes]:
+    def post(self, path: str, body: bytes, content_type: bytes, on_answer: OnAnswer, timeout: float) -> Exchange:
         request = [
             b"POST ", self.path_prefix, path.encode(), b" HTTP/1.1\r\n", self.fixed_headers,
             b"Content-Type: ", content_type, b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n\r\n", body,
         ]
-        async with self._slots:
-            for attempt in (1, 2):
-                connection = self._take_idle() or await self._connect()
-                try:
-                    answer = await connection.exchange(request)
-                except ConnectionLost as lost:
-                    # Predict has no side effects: a connection dropped before any answer (most
-                    # often a pooled one the server had closed) is retried once on a new one.
-                    if lost.answered:
-                        raise
-                    if attempt == 2:
-                        raise Unreachable("the model server closed the connection twice without answering") from None
-                    continue
-                except BaseException:
-                    connection.close()  # a timeout or a cancel leaves it mid-request
-                    raise
-                if connection.reusable:
-                    connection.idle_since = time.monotonic()
-                    self._idle.append(connection)
-                else:
-                    connection.close()
-                return answer
-        raise AssertionError("unreachable")
+        exchange = Exchange(self, request, on_answer, timeout)
+        self.dispatch(exchange)
+        return exchange
+
+    def dispatch(self, exchange: Exchange) -> None:
+        connection = self._take_idle()
+        if connection is not None:
+            exchange.start(connection)
+        elif self._open < self.limit:
+            self._open += 1
+            self.loop.create_task(self._connect(exchange))
+        else:
+            self._waiting.append(exchange)
+
+    def release(self, connection: _Connection) -> None:
+        """A connection its request is done with: to the next waiting request, to the idle list,
+        or closed."""
+        if connection.reusable and not self._closed:
+            while self._waiting:
+                exchange = self._waiting.popleft()
+                if not exchange.done:
+                    exchange.start(connection)
+                    return
+            connection.idle_since = time.monotonic()
+            self._idle.append(connection)
+            return
+        connection.close()
+        self._open -= 1
+        while self._waiting and self._open < self.limit:
+            exchange = self._waiting.popleft()
+            if not exchange.done:
+                self._open += 1
+                self.loop.create_task(self._connect(exchange))
+
+    def forget(self, exchange: Exchange) -> None:
+        # Not there: it was being connected for; the connection goes to the pool when made.
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(exchange)
+
+    def drop_idle(self) -> None:
+        while self._idle:
+            connection = self._idle.pop()
+            connection.close()
+            self._open -= 1
 
     def _take_idle(self) -> _Connection | None:
         now = time.monotonic()
@@ -204,21 +308,25 @@ class _Pool:
             if connection.reusable and now - connection.idle_since < IDLE_SECONDS:
                 return connection
             connection.close()
+            self._open -= 1
         return None
 
-    async def _connect(self) -> _Connection:
-        loop = asyncio.get_running_loop()
+    async def _connect(self, exchange: Exchange) -> None:
         try:
-            _, connection = await loop.create_connection(
+            _, connection = await self.loop.create_connection(
                 _Connection, self.host, self.port, ssl=self.tls, server_hostname=self.host if self.tls else None
             )
         except OSError as exc:
-            raise Unreachable(f"cannot connect: {exc.__class__.__name__}: {exc}") from None
-        return connection
+            self._open -= 1
+            exchange.fail(Unreachable(f"cannot connect: {exc.__class__.__name__}: {exc}"))
+            return
+        exchange.start(connection)
 
     def close(self) -> None:
-        while self._idle:
-            self._idle.pop().close()
+        self._closed = True
+        self.drop_idle()
+        while self._waiting:
+            self._waiting.popleft().fail(Unreachable("the API is shutting down"))
 
 
 class PredictProxy:
@@ -247,18 +355,24 @@ class PredictProxy:
 
     def _pool(self, endpoint: Endpoint) -> _Pool:
         pool = self._pools.get(endpoint.base_url)
+        if pool is not None and pool.endpoint is endpoint:
+            return pool
         if pool is not None and (
             pool.target.headers == tuple(endpoint.headers.items()) and pool.target.ssl_context is endpoint.ssl_context
         ):
+            pool.endpoint = endpoint  # the same target: the next lookup is an identity check
             return pool
         # New, or its credentials or TLS settings changed (a rotated token): a pool of its own.
         if pool is not None:
             pool.close()
         pool = self._pools[endpoint.base_url] = _Pool(_Target.of(endpoint), self.pool_size)
+        pool.endpoint = endpoint
         return pool
 
-    async def forward(self, task_id: str, path: str, body: bytes, content_type: str) -> tuple[int, bytes, str]:
-        """Forward one request; return the upstream's status, body and content type."""
+    def submit(self, task_id: str, path: str, body: bytes, content_type: bytes, on_answer: OnAnswer) -> Exchange:
+        """Forward one request without waiting for it: `on_answer` gets the upstream's answer or the
+        exception that ended it (`failure` says what the API answers then). Raises the API error
+        for a request that cannot be sent (unknown task, not ready, too large)."""
         endpoint = self.endpoints.get(task_id)
         if endpoint is None:
             raise TaskNotFound(f"no deployment '{task_id}'", field="taskId")
@@ -268,22 +382,47 @@ class PredictProxy:
         if limit is not None and len(body) > limit:
             raise PayloadTooLarge(f"predict body is {len(body)} bytes; the profile allows {limit}")
         assert self._started, "proxy not started"
-        timeout = self._timeouts.get(endpoint.profile, DEFAULT_TIMEOUT_SECONDS)
         # A header value cannot hold a line break (the server's parser refuses them); be sure anyway.
-        kind = content_type.encode("latin-1", "replace") if "\n" not in content_type and "\r" not in content_type \
-            else DEFAULT_CONTENT_TYPE
+        if b"\n" in content_type or b"\r" in content_type:
+            content_type = DEFAULT_CONTENT_TYPE
+        timeout = self._timeouts.get(endpoint.profile, DEFAULT_TIMEOUT_SECONDS)
+        return self._pool(endpoint).post(path, body, content_type, on_answer, timeout)
+
+    def failure(self, task_id: str, answer: Answer | None, exception: BaseException | None) -> MlopsError | None:
+        """What the API answers instead of the model server's answer: None for an answer to pass on
+        as it is, else a 502 (a 5xx answer, a broken one), 503 (unreachable) or 504 (too slow)."""
+        if answer is not None:
+            status, payload, _ = answer
+            if status < 500:
+                return None
+            return UpstreamError(f"model server of '{task_id}' answered {status}: "
+                                 f"{payload[:500].decode(errors='replace')}")
+        if isinstance(exception, TimeoutError):
+            endpoint = self.endpoints.get(task_id)
+            timeout = self._timeouts.get(endpoint.profile if endpoint else "", DEFAULT_TIMEOUT_SECONDS)
+            return UpstreamTimeout(f"model server of '{task_id}' did not answer within {timeout:g} s")
+        if isinstance(exception, Unreachable):
+            self.endpoints.mark_unready(task_id, f"model server unreachable: {exception}")
+            return NotReady(f"deployment '{task_id}' is not reachable right now; retry shortly")
+        return UpstreamError(f"model server of '{task_id}' failed: {exception}")
+
+    async def forward(self, task_id: str, path: str, body: bytes, content_type: str) -> tuple[int, bytes, str]:
+        """Forward one request; return the upstream's status, body and content type."""
+        future: asyncio.Future[tuple[int, bytes, str]] = asyncio.get_running_loop().create_future()
+
+        def answered(answer: Answer | None, exception: BaseException | None) -> None:
+            if future.done():
+                return
+            error = self.failure(task_id, answer, exception)
+            if error is not None:
+                future.set_exception(error)
+            else:
+                assert answer is not None
+                future.set_result((answer[0], answer[1], answer[2].decode("latin-1")))
+
+        exchange = self.submit(task_id, path, body, content_type.encode("latin-1", "replace"), answered)
         try:
-            async with asyncio.timeout(timeout):
-                status, payload, upstream_type = await self._pool(endpoint).post(path, body, kind)
-        except TimeoutError:
-            raise UpstreamTimeout(f"model server of '{task_id}' did not answer within {timeout:g} s") from None
-        except Unreachable as exc:
-            self.endpoints.mark_unready(task_id, f"model server unreachable: {exc}")
-            raise NotReady(f"deployment '{task_id}' is not reachable right now; retry shortly") from None
-        except (ConnectionLost, BadAnswer) as exc:
-            raise UpstreamError(f"model server of '{task_id}' failed: {exc}") from None
-        if status >= 500:
-            raise UpstreamError(
-                f"model server of '{task_id}' answered {status}: {payload[:500].decode(errors='replace')}"
-            )
-        return status, payload, upstream_type.decode("latin-1")
+            return await future
+        except asyncio.CancelledError:
+            exchange.cancel()  # a connection left mid-request is closed, not reused
+            raise

@@ -2,7 +2,6 @@
 
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -10,7 +9,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.core.openai_proxy import OpenAIProxy
 from app.core.proxy import PredictProxy
 from app.deps import DeploymentsDep
-from app.errors import MlopsError, PayloadTooLarge, error_body
+from app.errors import MlopsError, PayloadTooLarge, error_json
 from app.routers.common import ERROR_RESPONSES
 from app.schemas.common import DeletedTask, DryRunResult
 from app.schemas.inference import DeploymentTask, DeploymentTaskList, DeployRequest
@@ -161,7 +160,7 @@ async def serve_predict(scope: Scope, receive: Receive, send: Send, task_id: str
     except ClientGone:
         return
     except MlopsError as exc:
-        status, payload = exc.status_code, orjson.dumps(error_body(exc.code, exc.message, exc.field))
+        status, payload = exc.status_code, error_json(exc)
         headers = [(b"content-type", b"application/json"),
                    *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in exc.headers.items())]
     headers.append((b"content-length", str(len(payload)).encode()))
