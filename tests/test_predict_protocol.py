@@ -279,3 +279,16 @@ def test_the_api_app_carries_a_lane() -> None:
     app = lane_app("http://127.0.0.1:9")
     wrapped = type("Wrapper", (), {"app": app})()
     assert find_lane(wrapped) is lane(app)
+
+
+def test_python_m_app_serves_with_the_predict_protocol(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    import app.__main__ as launcher
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(launcher.uvicorn, "run", lambda *args, **kwargs: calls.append(kwargs))
+    monkeypatch.setenv("MLOPS_MLFLOW_URI", "http://127.0.0.1:9")  # no embedded MLflow
+    monkeypatch.setenv("MLOPS_DATA_DIR", str(tmp_path))
+    assert launcher.main() == 0
+    config = uvicorn.Config("app.main:create_app", factory=True, http=calls[0]["http"])
+    config.load()
+    assert config.http_protocol_class is PredictProtocol
