@@ -183,6 +183,11 @@ def render(context: Context, measurements: list[Measurement]) -> str:
             "client's callback. uvicorn's access line for it is formatted once per status and written once per turn",
             "of the event loop. `MLOPS_LOG_LEVEL=warning` rows: the same without the access log.",
             "",
+            "The p99 at c=32 through the control plane is the two cores' doing, not the hop's: at that rate the API,",
+            'the model server and wrk want more CPU than there is, and a process that waits for a core holds its',
+            'requests meanwhile (`/proc/<pid>/schedstat` showed the API runnable but waiting 161 ms in each second of',
+            'such a run). On a cluster the API and the model server have CPUs of their own.',
+            "",
             "MLOPS_* variables set for the API beyond the harness's own: "
             + (", ".join(f"`{k}={v}`" for k, v in sorted(context.api_environment.items())) or "none") + ".",
             "",
