@@ -149,7 +149,7 @@ def render(context: Context, measurements: list[Measurement]) -> str:
         "What sets ours apart, and where it costs: it predicts through a form prepared at load time and checked",
         "there against the framework's own answers on probe rows (`numpy linear`: `x @ coef + intercept`;",
         "`numpy forest`: every tree walked at once on the trees' node arrays, or tree by tree for large batches;",
-        "`numpy` for the PyTorch MLP; `single-thread raw predict` for the classifier), falling back to the",
+        "`numpy` for the PyTorch MLP; `numpy boosted trees` for the classifier), falling back to the",
         "framework's call when the check fails (`GET /metadata` says which form serves). The peers call",
         "scikit-learn's `predict`, which validates its input on every call and, for a forest, dispatches the trees",
         "through joblib. The request path is a bare ASGI app under uvicorn (httptools, uvloop): orjson in and out,",

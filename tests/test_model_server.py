@@ -14,7 +14,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.neighbors import KNeighborsRegressor
 
 from models.base import InputError
-from models.sklearn_classifier import SINGLE_THREAD_MAX_ROWS, ClassifierPredictor
+from models.sklearn_classifier import FLAT_TREES_MAX_ROWS, SINGLE_THREAD_MAX_ROWS, ClassifierPredictor
 from models.sklearn_regressor import FLAT_FOREST_MAX_ROWS, RegressorPredictor
 from models.spec import ServeSpec
 from models.torch_mlp import ScaledMlp, TorchMlpPredictor
@@ -202,17 +202,36 @@ def flowers(rows: int = 400) -> tuple[np.ndarray, np.ndarray]:
     return x, np.where(x[:, 0] > 0.5, "setosa", np.where(x[:, 1] > 0, "versicolor", "virginica"))
 
 
-def test_classifier_single_thread_form_equals_predict_proba() -> None:
+@pytest.mark.parametrize("labels", [2, 3, 5])
+def test_classifier_boosted_trees_form_equals_predict_proba(labels: int) -> None:
     x, y = flowers()
+    y = np.array([f"c{i % labels}" for i in np.searchsorted(np.unique(y), y)]) if labels != 3 else y
+    if labels == 5:
+        y = np.array([f"c{i}" for i in np.digitize(x[:, 0] + x[:, 1], [-1, -0.3, 0.3, 1])])
+    x = x.copy()
+    x[::9, 1] = np.nan  # learned with missing values: the trees have missing-value branches
     model = HistGradientBoostingClassifier(max_iter=30, early_stopping=False).fit(x, y)
     predictor = ClassifierPredictor(model, [])
-    assert predictor.form == "single-thread raw predict"
-    for count in (1, SINGLE_THREAD_MAX_ROWS + 1):
+    assert predictor.form == "numpy boosted trees"
+    for count in (1, FLAT_TREES_MAX_ROWS, FLAT_TREES_MAX_ROWS + 1, SINGLE_THREAD_MAX_ROWS + 1):
         rows = random_rows(count, 4, seed=count)
-        rows[::3, 2] = np.nan  # missing values take the trees' missing branches
+        rows[::3, 2] = np.nan
+        rows[1::4, 1] = np.nan
         answer = predictor.predict(rows)
-        np.testing.assert_array_equal(answer["probabilities"], model.predict_proba(rows))
+        np.testing.assert_allclose(answer["probabilities"], model.predict_proba(rows), rtol=1e-12, atol=1e-15)
         assert answer["predictions"] == model.predict(rows).tolist()
+
+
+def test_classifier_with_categorical_splits_uses_the_single_thread_form() -> None:
+    x, y = flowers()
+    x = x.copy()
+    x[:, 3] = (x[:, 0] > 0).astype(float) + (x[:, 1] > 0)  # three categories that decide the class
+    model = HistGradientBoostingClassifier(max_iter=20, early_stopping=False, categorical_features=[3]).fit(x, y)
+    predictor = ClassifierPredictor(model, [])
+    assert predictor.form == "single-thread raw predict"
+    rows = random_rows(7, 4)
+    rows[:, 3] = np.arange(7) % 3
+    np.testing.assert_array_equal(predictor.predict(rows)["probabilities"], model.predict_proba(rows))
 
 
 class TiltedHgb(HistGradientBoostingClassifier):
