@@ -89,7 +89,7 @@ def create_app(
     refs = ClusterRefs(config_map=settings.config_map_name, s3_secret=settings.s3_secret_name)
     proxy = PredictProxy(runtime.endpoints, profiles)
     openai_proxy = OpenAIProxy(runtime.endpoints, profiles)
-    lane = PredictLane(proxy, openai_proxy, authenticator, settings.max_predict_body_bytes)
+    lane = PredictLane(proxy, profiles, authenticator, settings.max_predict_body_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

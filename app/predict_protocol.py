@@ -23,9 +23,9 @@ from uvicorn.server import ServerState
 
 from app.access_log import AccessLog
 from app.core.auth import Authenticator
-from app.core.openai_proxy import OpenAIProxy
-from app.core.proxy import Answer, Exchange, PredictProxy
+from app.core.proxy import Answer, PredictProxy
 from app.errors import MlopsError, error_json
+from app.profiles import ModelProfile
 
 PREDICT_PREFIX = b"/api/v1/inference/"
 PREDICT_SUFFIX = b"/predict"
@@ -35,22 +35,22 @@ class PredictLane:
     """What the protocol needs to take a predict call itself: the same checks the middleware and
     the predict route make, from memory. One per API worker (built by create_app)."""
 
-    def __init__(self, proxy: PredictProxy, language_models: OpenAIProxy, authenticator: Authenticator,
+    def __init__(self, proxy: PredictProxy, profiles: dict[str, ModelProfile], authenticator: Authenticator,
                  max_predict_bytes: int):
         self.proxy = proxy
-        self.language_models = language_models
         self.authenticator = authenticator
-        self.max_predict_bytes = max_predict_bytes
+        # The largest body each profile may take here: the API's limit and the profile's, whichever
+        # is smaller. Language models are not listed: their predict body is mapped, not forwarded.
+        self.limits = {name: min(max_predict_bytes, profile.inference.max_request_bytes)
+                       for name, profile in profiles.items() if profile.inference is not None and profile.llm is None}
         self.access_log = AccessLog()
         self.served = 0  # predict calls answered here rather than through ASGI (tests read it)
 
-    def admit(self, url: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[str, int, bytes] | None:
-        """The task id, declared length and content type of a predict call to take here; None to
-        leave the request to the ASGI app."""
+    def admit(self, url: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[str, bytes] | None:
+        """The task id and content type of a predict call to take here; None to leave the request
+        to the ASGI app."""
         if not (url.startswith(PREDICT_PREFIX) and url.endswith(PREDICT_SUFFIX)):
             return None
-        # Only a plain task id finds an endpoint: a query, an escape or another segment does not.
-        raw_id = url[len(PREDICT_PREFIX):-len(PREDICT_SUFFIX)]
         length: int | None = None
         content_type = b"application/json"
         authorization: bytes | None = None
@@ -65,19 +65,18 @@ class PredictLane:
                 authorization = value
             elif name == b"transfer-encoding":
                 return None
-        task_id = raw_id.decode("ascii", "replace")
+        # Only a plain task id finds an endpoint: a query, an escape or another segment does not.
+        task_id = url[len(PREDICT_PREFIX):-len(PREDICT_SUFFIX)].decode("ascii", "replace")
         endpoint = self.proxy.endpoints.get(task_id)
         if length is None or endpoint is None or not endpoint.ready:
             return None
-        limit = self.proxy.max_body_bytes(task_id)
-        if length > self.max_predict_bytes or (limit is not None and length > limit):
+        limit = self.limits.get(endpoint.profile)
+        if limit is None or length > limit:
             return None
         if self.authenticator.enabled and self.authenticator.role_of(
                 authorization.decode("latin-1") if authorization is not None else None) is None:
             return None
-        if self.language_models.is_language_model(task_id):
-            return None
-        return task_id, length, content_type
+        return task_id, content_type
 
 
 def find_lane(app: Any) -> PredictLane | None:
@@ -115,13 +114,12 @@ class _LaneRequest:
         self.chunks: list[bytes] = []
         self.response_complete = False
         self.disconnected = False
-        self.exchange: Exchange | None = None
 
     def dispatch(self) -> None:
         body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
         self.chunks = []
         try:
-            self.exchange = self.proxy.submit(self.task_id, "/predict", body, self.content_type, self.answer)
+            self.proxy.submit(self.task_id, "/predict", body, self.content_type, self.answer)
         except MlopsError as exc:  # the endpoint changed while the body arrived
             self.fail(exc)
 
@@ -155,7 +153,7 @@ class PredictProtocol(HttpToolsProtocol):
                 and (self.cycle is None or self.cycle.response_complete) and not self.pipeline):
             admitted = lane.admit(self.url, self.headers)
             if admitted is not None:
-                task_id, _, content_type = admitted
+                task_id, content_type = admitted
                 http_version = self.parser.get_http_version()
                 keep_alive = http_version != "1.0" and self.parser.should_keep_alive()
                 request = _LaneRequest(self, lane.proxy, task_id, content_type, keep_alive, http_version)

@@ -38,7 +38,8 @@ def lane_app(url: str, authenticator: Authenticator = OPEN, max_predict_bytes: i
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=1 << 20, max_predict_bytes=max_predict_bytes)
     app.add_middleware(AuthMiddleware, authenticator=authenticator)
-    app.state.predict_lane = PredictLane(app.state.proxy, app.state.openai_proxy, authenticator, max_predict_bytes)
+    app.state.predict_lane = PredictLane(app.state.proxy, app.state.proxy.profiles, authenticator,
+                                         max_predict_bytes)
     return app
 
 
@@ -184,6 +185,16 @@ def test_the_body_limit_of_the_api_applies_too() -> None:
             assert response.status_code == 413 and lane(app).served == 0
 
 
+def test_the_lane_takes_tabular_profiles_within_the_smaller_limit_and_no_language_model() -> None:
+    app = lane_app("http://127.0.0.1:9", max_predict_bytes=50)
+    limits = lane(app).limits
+    assert limits["tabular_regression"] == 50  # the API's limit, under the test profile's 100
+    assert limits["tabular_classification"] == 50
+    assert "llm_chat" not in limits and "llm_lora" not in limits  # their predict body is mapped
+    assert lane_app("http://127.0.0.1:9", max_predict_bytes=1 << 30).state.predict_lane.limits[
+        "tabular_regression"] == 100
+
+
 def test_a_client_that_leaves_mid_predict_harms_nothing() -> None:
     with model_server() as upstream:
         app = lane_app(upstream)
@@ -214,8 +225,8 @@ def test_an_unreachable_model_server_is_503_with_retry_after_and_leaves_rotation
 def test_shutdown_waits_for_a_predict_in_flight() -> None:
     with model_server() as upstream:
         app = lane_app(upstream)
-        profile = app.state.proxy
-        profile._timeouts = {name: 5.0 for name in profile._timeouts}  # "slow" takes 1 s: not a timeout
+        proxy = app.state.proxy
+        proxy._timeouts = {name: 5.0 for name in proxy._timeouts}  # "slow" takes 1 s: not a timeout
         with serve(app, timeout_graceful_shutdown=10) as (url, server):
             result: list[bytes] = []
             thread = threading.Thread(target=lambda: result.extend(raw_exchange(url, predict_request(b"slow"), 1)[0]))

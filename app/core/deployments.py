@@ -5,7 +5,7 @@ from typing import Any
 
 from app.core.blocking import run_blocking
 from app.core.manifests import KIND_INFERENCE, ClusterRefs, inference_deployment, inference_service
-from app.core.names import inference_name
+from app.core.names import id_problem, inference_name
 from app.core.requests import check_same_request
 from app.core.tracking import Tracking
 from app.core.training import find_profile
@@ -118,7 +118,9 @@ class DeploymentService:
                 )
 
     async def get(self, task_id: str) -> DeploymentTask:
-        state = await run_blocking(self.runtime.get, KIND_INFERENCE, task_id)
+        # An id no task can have is not looked up: on disk it could name a path ("..", too long),
+        # on a cluster it makes an invalid label selector.
+        state = await run_blocking(self.runtime.get, KIND_INFERENCE, task_id) if id_problem(task_id) is None else None
         if state is None:
             raise TaskNotFound(f"no deployment '{task_id}'", field="taskId")
         return self._task(state)
@@ -127,7 +129,7 @@ class DeploymentService:
         return [self._task(state) for state in await run_blocking(self.runtime.list, KIND_INFERENCE)]
 
     async def delete(self, task_id: str) -> None:
-        if not await run_blocking(self.runtime.delete, KIND_INFERENCE, task_id):
+        if id_problem(task_id) is not None or not await run_blocking(self.runtime.delete, KIND_INFERENCE, task_id):
             raise TaskNotFound(f"no deployment '{task_id}'", field="taskId")
 
     async def logs(self, task_id: str, tail: int | None) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 from app.core.blocking import run_blocking
 from app.core.manifests import KIND_TRAINING, ClusterRefs, training_job
-from app.core.names import job_name
+from app.core.names import id_problem, job_name
 from app.core.requests import check_same_request
 from app.core.tracking import Tracking
 from app.errors import Forbidden, InvalidSpec, TaskNotFound
@@ -136,7 +136,9 @@ class TrainingService:
         return await self._task(state), created
 
     async def get(self, task_id: str) -> TrainingTask:
-        state = await run_blocking(self.runtime.get, KIND_TRAINING, task_id)
+        # An id no task can have is not looked up: on disk it could name a path ("..", too long),
+        # on a cluster it makes an invalid label selector.
+        state = await run_blocking(self.runtime.get, KIND_TRAINING, task_id) if id_problem(task_id) is None else None
         if state is None:
             raise TaskNotFound(f"no training task '{task_id}'", field="taskId")
         return await self._task(state)
@@ -146,7 +148,7 @@ class TrainingService:
         return [await self._task(state) for state in states]
 
     async def delete(self, task_id: str) -> None:
-        if not await run_blocking(self.runtime.delete, KIND_TRAINING, task_id):
+        if id_problem(task_id) is not None or not await run_blocking(self.runtime.delete, KIND_TRAINING, task_id):
             raise TaskNotFound(f"no training task '{task_id}'", field="taskId")
 
     async def logs(self, task_id: str, tail: int | None) -> str:

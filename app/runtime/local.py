@@ -29,7 +29,6 @@ from typing import Any
 import aiohttp
 
 from app.core.manifests import KIND_INFERENCE, KIND_TRAINING, LABEL_PROFILE, READINESS_PATH, request_of
-from app.core.names import id_problem
 from app.runtime.base import AlreadyExists, Endpoint, EndpointCache, WorkloadState
 from app.runtime.local_supervisor import GRACE_SECONDS, write_json_atomic
 from app.schemas.inference import DeploymentStatus
@@ -179,7 +178,7 @@ class LocalRuntime:
 
     def delete(self, kind: str, task_id: str) -> bool:
         task_dir = self._dir(kind, task_id)
-        if id_problem(task_id) is not None or not (task_dir / "task.json").exists():
+        if not (task_dir / "task.json").exists():
             return False
         # Under the lock a restart takes, and marked first: the reconcile loop (of any worker)
         # never restarts what is being removed.
@@ -240,8 +239,6 @@ class LocalRuntime:
         return None
 
     def _state(self, kind: str, task_id: str) -> WorkloadState | None:
-        if id_problem(task_id) is not None:
-            return None  # no task could have this id; nor should it name a path (too long, "..")
         task_dir = self._dir(kind, task_id)
         record = _read_json(task_dir / "task.json")
         if record is None or (task_dir / "deleting").exists():
