@@ -7,6 +7,7 @@ import sys
 import uvicorn
 
 from app.core.auth import TokenConfigError
+from app.logging_config import log_config
 from app.main import build_authenticator
 from app.profiles import ProfileError, load_profiles
 from app.settings import RuntimeKind, Settings
@@ -54,9 +55,9 @@ def main() -> int:
             port=settings.port,
             workers=settings.worker_count(),
             log_level=settings.log_level,
-            access_log=settings.access_log,
-            # uvicorn's httptools protocol, with predict calls forwarded from the parser.
-            http="app.predict_protocol:PredictProtocol",
+            log_config=log_config(settings.log_level),
+            # The control plane writes one access line per request itself (app/access_log.py).
+            access_log=False,
             # Never hang on a client that will not finish; log streams end at once (app/shutdown.py).
             timeout_graceful_shutdown=30,
         )

@@ -3,7 +3,6 @@
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from ssl import SSLContext
 from typing import Any, Protocol
 
 
@@ -33,6 +32,16 @@ class AlreadyExists(Exception):
 
 
 @dataclass(frozen=True)
+class Tls:
+    """How to trust an https model server (or the API server in front of it): PEM bytes, as the
+    data plane's HTTP client takes them."""
+
+    ca_pem: bytes | None = None  # the CA that signed the server's certificate; None: the system's
+    identity_pem: bytes | None = None  # a client certificate and its key, concatenated
+    verify: bool = True
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """Where the predict proxy sends a task's requests, and whether it may."""
 
@@ -45,7 +54,9 @@ class Endpoint:
     # Kubernetes API server's service proxy.
     headers: Mapping[str, str] = field(default_factory=dict, hash=False)
     # TLS for an https base_url (the cluster's CA, a client certificate); None: the system defaults.
-    ssl_context: SSLContext | None = None
+    tls: Tls | None = None
+    # The name the model server serves its model under (a language model's OpenAI `model`).
+    served_model: str | None = None
 
 
 class EndpointCache:

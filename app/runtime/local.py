@@ -22,11 +22,12 @@ import urllib.request
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.exceptions import RequestError
 
 from app.core.manifests import KIND_INFERENCE, KIND_TRAINING, LABEL_PROFILE, READINESS_PATH, request_of
 from app.runtime.base import AlreadyExists, Endpoint, EndpointCache, WorkloadState
@@ -40,6 +41,7 @@ from models.spec import SERVE_HOST_ENV, SERVE_PORT_ENV, TERMINATION_LOG_ENV
 # (it keeps being restarted, as a Deployment's pod would be).
 FAILED_AFTER_RESTARTS = 2
 READY_PROBE_EVERY_SECONDS = 2.0
+PROBE_TIMEOUT = timedelta(seconds=1)
 # Failed probes in a row before a Ready model server is taken out of rotation (Kubernetes' default).
 READY_FAILURE_THRESHOLD = 3
 # Workload environment variables that only make sense inside a container.
@@ -115,14 +117,14 @@ class LocalRuntime:
         self._readiness_paths: dict[str, str] = {}
         self._probe_failures: dict[str, int] = {}
         self._loop_task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._probes: Client | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         for kind in (KIND_TRAINING, KIND_INFERENCE):
             (self.root / kind).mkdir(parents=True, exist_ok=True)
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
+        self._probes = ClientBuilder().timeout(PROBE_TIMEOUT).no_proxy().follow_redirects(False).build()
         await asyncio.to_thread(self.reconcile)
         # Model servers that outlived a restart are ready at once, not after the first loop.
         await self.probe_all()
@@ -133,8 +135,8 @@ class LocalRuntime:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        if self._session:
-            await self._session.close()
+        if self._probes:
+            await self._probes.close()
 
     # -- the Runtime contract --------------------------------------------------------------
 
@@ -481,18 +483,18 @@ class LocalRuntime:
         return ready
 
     async def _probe(self, endpoint: Endpoint) -> None:
-        assert self._session is not None
+        assert self._probes is not None
         ready, message = False, "model server is not answering yet"
         try:
             path = self._readiness_paths.get(endpoint.task_id, READINESS_PATH)
-            async with self._session.get(endpoint.base_url + path) as response:
-                ready = response.status == 200
-                if not ready:
-                    message = f"model server is loading (readiness answered {response.status})"
-                else:  # a server may say how it serves (e.g. which engine it chose)
-                    body = await response.json(content_type=None)
-                    message = body.get("detail") if isinstance(body, dict) else None
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+            response = await self._probes.get(endpoint.base_url + path).build().send()
+            ready = response.status == 200
+            if not ready:
+                message = f"model server is loading (readiness answered {response.status})"
+            else:  # a server may say how it serves (e.g. which engine it chose)
+                body = await response.json()
+                message = body.get("detail") if isinstance(body, dict) else None
+        except (RequestError, ValueError):
             pass
         # As a readinessProbe's failureThreshold: a Ready server that misses one probe (a busy CPU
         # delays its answer) stays Ready; several in a row, and it is not. A server that is gone

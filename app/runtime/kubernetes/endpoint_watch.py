@@ -15,9 +15,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from kubernetes import watch
+
 from app.core.manifests import KIND_INFERENCE, LABEL_PROFILE, LABEL_TASK_ID, task_selector
 from app.runtime.base import Endpoint, EndpointCache
-from app.runtime.kubernetes.api import DEPLOYMENTS, SERVICES, ClusterApi, RawWatch, Resource, WatchExpired
+from app.runtime.kubernetes.api import DEPLOYMENTS, SERVICES, ClusterApi, Resource, WatchExpired, raw_watch
 from app.runtime.kubernetes.routes import ServiceRoute
 from app.runtime.kubernetes.status import inference_phase
 from app.schemas.inference import DeploymentStatus
@@ -61,7 +63,7 @@ class EndpointWatch:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._synced = {resource: threading.Event() for resource in WATCHED}
-        self._active_watches: set[RawWatch] = set()
+        self._active_watches: set[watch.Watch] = set()
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -159,7 +161,7 @@ class EndpointWatch:
         return resource_version
 
     def _follow(self, resource: Resource, resource_version: str) -> str:
-        watcher = RawWatch()
+        watcher = raw_watch()
         with self._lock:
             if self._stopping.is_set():
                 return resource_version
@@ -225,7 +227,7 @@ class EndpointWatch:
         else:
             phase, message = inference_phase(deployment, [])
             ready = phase == DeploymentStatus.READY
-        return Endpoint(task_id, target.base_url, ready, profile, message, target.headers, target.ssl_context)
+        return Endpoint(task_id, target.base_url, ready, profile, message, target.headers, target.tls)
 
     def _publish(self, changes: EndpointChanges) -> None:
         if not changes:

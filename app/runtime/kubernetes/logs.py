@@ -10,8 +10,10 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
+from kubernetes import watch
+
 from app.runtime.base import WorkloadState
-from app.runtime.kubernetes.api import PODS, ClusterApi, LogNotAvailable, RawWatch, WatchExpired
+from app.runtime.kubernetes.api import PODS, ClusterApi, LogNotAvailable, WatchExpired, raw_watch
 from app.runtime.kubernetes.status import container_started, newest, not_started_reason
 from app.schemas.inference import DeploymentStatus
 from app.schemas.training import TrainingStatus
@@ -74,7 +76,7 @@ class LogFollower:
         self.wait_seconds = wait_seconds
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
-        self._watch: RawWatch | None = None
+        self._watch: watch.Watch | None = None
         self._response: Any = None
 
     def chunks(self) -> Iterator[bytes]:
@@ -117,7 +119,7 @@ class LogFollower:
         return None
 
     def _wait_for_pod_change(self, resource_version: str) -> None:
-        watcher = RawWatch()
+        watcher = raw_watch()
         with self._lock:
             if self._cancelled.is_set():
                 return
