@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import botocore.exceptions
+import httpx
 import mlflow
 import pytest
 
@@ -24,6 +25,7 @@ from tests.support import ApiProcess, free_port, kill_workloads, regression_csv
 from tests.test_e2e_local import SEED_PREDICT_BODY, SEED_TRAIN_BODY, wait_for_deployment, wait_for_training
 
 BUCKETS = {"mlflow", "datasets"}
+SLOW_STEP_SECONDS = 300
 
 
 def random_credentials() -> dict[str, str]:
@@ -41,6 +43,15 @@ def run_bucket_job(endpoint: str, credentials: dict[str, str], **extra_env: str)
         [sys.executable, str(BASE / "create_buckets.py"), *container["args"]],
         env={"PATH": os.environ.get("PATH", ""), **env, **extra_env}, capture_output=True, text=True, timeout=120,
     )
+
+
+def finished_training(client: httpx.Client, task_id: str) -> dict:
+    """The final status; on a time-out, the task's last log lines say where it stood."""
+    try:
+        return wait_for_training(client, task_id, timeout=SLOW_STEP_SECONDS)
+    except AssertionError as timeout:
+        logs = client.get(f"/api/v1/train/jobs/{task_id}/logs", params={"tail": 20}).text
+        raise AssertionError(f"{timeout}\nlast log lines of {task_id}:\n{logs}") from None
 
 
 def error_code(call) -> str:
@@ -104,6 +115,18 @@ def test_store_answers_only_the_platform_keys(store: SeaweedFS, credentials: dic
     assert credentials["AWS_ACCESS_KEY_ID"] not in log and credentials["AWS_SECRET_ACCESS_KEY"] not in log
 
 
+def test_a_secret_with_empty_keys_leaves_the_store_closed(tmp_path: Path) -> None:
+    """weed drops a credential whose variable is empty; the identity left without keys must
+    still refuse everyone (a store with no identity at all would let anyone in)."""
+    server = SeaweedFS(tmp_path, {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}).start()
+    try:
+        anonymous = s3_client(server.endpoint, None)
+        assert error_code(anonymous.list_buckets) == "AccessDenied"
+        assert error_code(lambda: anonymous.create_bucket(Bucket="open-bucket")) == "AccessDenied"
+    finally:
+        server.stop()
+
+
 def test_store_keeps_s3_rules_for_buckets(store: SeaweedFS) -> None:
     s3 = store.client()
     # No bucket appears from a mistyped name, and a bucket with objects is not deleted.
@@ -138,11 +161,12 @@ def test_seed_body_trains_from_s3_and_the_model_is_kept_in_s3(
             assert client.post("/api/v1/train/jobs", json=body).status_code == 201
             missing = {**body, "taskId": "train-s3-missing", "datasetPath": "s3://datasets/nope.csv"}
             assert client.post("/api/v1/train/jobs", json=missing).status_code == 201
-            status = wait_for_training(client, "train-s3")
+            # Generous limits: a busy 2-core machine runs two trainers, MLflow and the store at once.
+            status = finished_training(client, "train-s3")
             assert status["status"] == "Succeeded", status
             run_id = status["mlflowRunId"]
             assert '"rows": 300' in client.get("/api/v1/train/jobs/train-s3/logs").text
-            failed = wait_for_training(client, "train-s3-missing")
+            failed = finished_training(client, "train-s3-missing")
             assert failed["status"] == "Failed"
             assert "dataset not found: s3://datasets/nope.csv" in failed["message"]
 
@@ -156,7 +180,7 @@ def test_seed_body_trains_from_s3_and_the_model_is_kept_in_s3(
             deploy = {"taskId": "deploy-s3", "modelId": "predictor-house-s3", "mlflowRunId": run_id,
                       "modelProfile": "tabular_regression", "useGpu": False}
             assert client.post("/api/v1/inference/deployments", json=deploy).status_code == 201
-            wait_for_deployment(client, "deploy-s3")
+            wait_for_deployment(client, "deploy-s3", timeout=SLOW_STEP_SECONDS)
             answer = client.post("/api/v1/inference/deploy-s3/predict", json=SEED_PREDICT_BODY)
             assert answer.status_code == 200, answer.text
             (prediction,) = answer.json()["predictions"]
@@ -172,6 +196,8 @@ def test_large_artifact_is_stored_in_parts_and_read_back_whole(
     """Above boto3's 8 MiB threshold MLflow uploads in parts: the store must put them together."""
     client = mlflow.MlflowClient(tracking_uri=mlflow_server.uri)
     run = client.create_run(client.create_experiment("s3-large-artifact"))
+    # Proxied: the run records no store address, so the bucket can move without rewriting runs.
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
     payload = os.urandom(12 * 1024 * 1024)
     (tmp_path / "weights.bin").write_bytes(payload)
     client.log_artifact(run.info.run_id, str(tmp_path / "weights.bin"))
