@@ -375,8 +375,8 @@ report_retired_minio() {
         cat >&2 <<EOF
 ${SCRIPT_NAME}: note: StatefulSet minio, from an earlier version of the platform, is still in namespace '${NAMESPACE}'.
   The platform now keeps artifacts and data sets in SeaweedFS (http://seaweedfs:8333); MinIO and its
-  volume data-minio-0 were left as they are. Copy its buckets over, then remove it: see "Moving from
-  MinIO" in kubernetes/README.md.
+  volume data-minio-0 were left as they are. Restart MLflow (it read MinIO's address at its start),
+  copy the buckets over, then remove MinIO: see "Moving from MinIO" in kubernetes/README.md.
 EOF
     fi
 }

@@ -317,7 +317,7 @@ def test_deploy_over_a_minio_platform_keeps_minio_and_says_how_to_move_its_data(
     result = ok(cluster.run("deploy_all_k3s.sh", "--skip-build", NS))
 
     assert f"StatefulSet minio, from an earlier version of the platform, is still in namespace '{NS}'" in result.stderr
-    assert 'see "Moving from\n  MinIO" in kubernetes/README.md' in result.stderr
+    assert "Restart MLflow" in result.stderr and 'see "Moving from MinIO" in kubernetes/README.md' in result.stderr
     assert not [call for call in known_calls(cluster)[before:] if call.argv[:1] == ["delete"]]
     assert {"statefulset/minio", "persistentvolumeclaim/data-minio-0"} <= set(cluster.objects(NS))
     assert "statefulset/seaweedfs" in cluster.objects(NS)
