@@ -2,16 +2,30 @@
 then serve the API with uvicorn."""
 
 import os
+import shutil
 import sys
+import tempfile
 
 import uvicorn
 
 from app.core.auth import TokenConfigError
 from app.logging_config import log_config
+from app.metrics import MULTIPROCESS_DIR
 from app.main import build_authenticator
 from app.profiles import ProfileError, load_profiles
 from app.settings import RuntimeKind, Settings
 from models import HANDLERS
+
+
+def share_metrics_between_workers(workers: int) -> str | None:
+    """With several workers, each counts into files of one fresh directory that a scrape sums
+    (prometheus_client's multiprocess mode); the workers read it from the environment when they
+    start. Returns the directory made, to remove at exit."""
+    if workers < 2 or os.environ.get(MULTIPROCESS_DIR):
+        return None
+    directory = tempfile.mkdtemp(prefix="mlops-metrics-")
+    os.environ[MULTIPROCESS_DIR] = directory
+    return directory
 
 
 def main() -> int:
@@ -37,6 +51,7 @@ def main() -> int:
         # Workers build their Settings from the environment.
         os.environ["MLOPS_MLFLOW_URI"] = uri
         settings = Settings()
+    metrics_dir = share_metrics_between_workers(settings.worker_count())
     base = f"http://{settings.host}:{settings.port}"
     print(
         f"MLOps control plane: {base} (API docs: {base}/docs)\n"
@@ -62,6 +77,8 @@ def main() -> int:
             timeout_graceful_shutdown=30,
         )
     finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if mlflow_process is not None:
             from app import embedded_mlflow
 

@@ -6,10 +6,12 @@ import logging
 import time
 from typing import Any
 
+from app.metrics import RequestMetrics
 from app.request_ids import HEADER, request_id
 
 LOGGER_NAME = "mlops.access"
 LINE = '%s - "%s %s HTTP/%s" %d %.2fms requestId=%s'
+UNMATCHED = "unmatched"  # the route label of a request no route took (a 404)
 
 
 class AccessLog:
@@ -25,11 +27,13 @@ class AccessLog:
 
 
 class AccessLogMiddleware:
-    """The access line and the request id of every request that is not the data plane's."""
+    """The access line, the request metrics and the request id of every request that is not the
+    data plane's."""
 
-    def __init__(self, app: Any, access_log: AccessLog):
+    def __init__(self, app: Any, access_log: AccessLog, metrics: RequestMetrics):
         self.app = app
         self.access_log = access_log
+        self.metrics = metrics
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -49,4 +53,9 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            self.access_log.write(scope, status, time.perf_counter() - started, rid)
+            seconds = time.perf_counter() - started
+            self.access_log.write(scope, status, seconds, rid)
+            # The route's template, once FastAPI's router has matched it: never the raw path, whose
+            # ids would make a time series per task.
+            route = scope.get("route")
+            self.metrics.request(getattr(route, "path", UNMATCHED), scope["method"], status, seconds)

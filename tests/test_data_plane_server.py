@@ -17,6 +17,7 @@ import uvicorn
 
 from app.access_log import AccessLog, AccessLogMiddleware
 from app.core.auth import Authenticator, parse_token_entries
+from app.metrics import RequestMetrics
 from app.middleware import AuthMiddleware, BodyLimitMiddleware
 from app.routers import health
 from tests.dataplane_support import OPEN, Plane
@@ -34,7 +35,7 @@ def api(url: str, authenticator: Authenticator = OPEN, max_predict_bytes: int = 
     plane.management.include_router(health.router)
     plane.management.add_middleware(BodyLimitMiddleware, max_bytes=1 << 20)
     plane.management.add_middleware(AuthMiddleware, authenticator=authenticator)
-    plane.management.add_middleware(AccessLogMiddleware, access_log=access_log)
+    plane.management.add_middleware(AccessLogMiddleware, access_log=access_log, metrics=RequestMetrics())
     return plane
 
 

@@ -20,6 +20,8 @@ class WorkloadState:
     completion_time: datetime | None = None
     # Identity of this incarnation of the task (a re-created task gets a new one).
     uid: str = ""
+    # Inference: model-server replicas passing their readiness probe now.
+    ready_replicas: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

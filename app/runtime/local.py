@@ -299,6 +299,8 @@ class LocalRuntime:
             # Another API worker may have seen it ready first: ask the server now, not at the next probe.
             endpoint = self._probe_now(endpoint)
         restarts = status.get("restarts", 0)
+        # The local runtime runs one model-server process per deployment.
+        state.ready_replicas = 1 if endpoint is not None and endpoint.ready else 0
         if endpoint is not None and endpoint.ready:
             state.phase = DeploymentStatus.READY
             state.message = endpoint.message
