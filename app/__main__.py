@@ -10,8 +10,8 @@ import uvicorn
 
 from app.core.auth import TokenConfigError
 from app.logging_config import log_config
-from app.metrics import MULTIPROCESS_DIR
 from app.main import build_authenticator
+from app.metrics import MULTIPROCESS_DIR
 from app.profiles import ProfileError, load_profiles
 from app.settings import RuntimeKind, Settings
 from models import HANDLERS
