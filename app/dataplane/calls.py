@@ -35,7 +35,7 @@ class CallObserver:
 
     def observe(self, call: Call) -> None:
         seconds = time.perf_counter() - call.started
-        self.access_log.write(call.scope, call.status, seconds, call.request_id)
+        self.access_log.write(call.scope, call.status, seconds, call.request_id, call.task_id)
         method = call.scope["method"]
         if call.route is not None:
             self.metrics.request(call.route.template, method, call.status, seconds)
@@ -43,5 +43,5 @@ class CallObserver:
         else:
             self.metrics.request(f"{PREFIX}{{task_id}}/...", method, call.status, seconds)
         if call.outcome is not None:
-            LOGGER.warning("%s %s: %s (requestId=%s)", call.scope["method"], call.scope["path"], call.outcome,
-                           call.request_id)
+            LOGGER.warning("%s %s: %s", call.scope["method"], call.scope["path"], call.outcome,
+                           extra={"requestId": call.request_id, "taskId": call.task_id})

@@ -16,7 +16,7 @@ from app.dataplane.upstream import Answer, StreamedAnswer, UpstreamClient, Upstr
 from app.errors import MlopsError, PayloadTooLarge, send_error
 from app.metrics import RequestMetrics
 from app.request_ids import HEADER as REQUEST_ID
-from app.request_ids import request_id
+from app.request_ids import current, request_id
 from app.runtime.base import Endpoint
 
 Scope = dict[str, Any]
@@ -83,6 +83,8 @@ class DataPlane:
             elif name == REQUEST_ID:
                 sent_id = value
         call = Call(found.task_id, found.route, scope, request_id(sent_id), time.perf_counter())
+        scope["path_params"] = {"task_id": found.task_id}
+        current.set((call.request_id, scope))  # for any log line written while it is served
         id_header = (REQUEST_ID, call.request_id.encode())
         try:
             if found.route is None:
