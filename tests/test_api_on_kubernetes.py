@@ -6,6 +6,7 @@ Deployment's container (script/serve.py) as a real model server that the fake's 
 forwards to. Nothing in the routers knows which runtime is underneath.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -136,7 +137,8 @@ def test_train_status_deploy_predict_delete_on_kubernetes(
             run_id = status["mlflowRunId"]
             assert run_id and len(run_id) == 32
             logs = client.get("/api/v1/train/jobs/k8s-train/logs").text
-            assert '"message": "run finished"' in logs and run_id in logs
+            finished = [json.loads(line) for line in logs.splitlines() if '"run finished"' in line]
+            assert finished and finished[0]["runId"] == run_id
             assert len(client.get("/api/v1/train/jobs/k8s-train/logs", params={"tail": 2}).text.splitlines()) == 2
 
             deploy = {"taskId": "k8s-deploy", "modelId": "house-k8s", "mlflowRunId": run_id,
