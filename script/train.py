@@ -29,11 +29,11 @@ from models.spec import (
     TASK_ID_TAG,
     TERMINATION_LOG_ENV,
     TRAIN_SPEC_ENV,
+    TRAINER_LOG_ARTIFACT,
     TrainSpec,
 )
 
 LOGGER = logging.getLogger("mlops.trainer")
-LOG_ARTIFACT_DIR = "logs"  # the run's artifact logs/trainer.log
 
 
 def log(message: str, **fields: object) -> None:
@@ -95,7 +95,7 @@ def keep_log(log_file: Path) -> None:
     import mlflow
 
     try:
-        mlflow.log_artifact(str(log_file), LOG_ARTIFACT_DIR)
+        mlflow.log_artifact(str(log_file), str(Path(TRAINER_LOG_ARTIFACT).parent))
     except Exception as exc:
         LOGGER.warning("could not keep the log with the run: %s", exc)
 
@@ -104,7 +104,7 @@ def configure_logging(task_id: str | None) -> Path:
     """JSON lines on stdout and in a file kept with the run (models/logs.py); warnings too."""
     fields = {"taskId": task_id} if task_id else {}
     logs.configure(**fields)
-    log_file = Path(tempfile.mkdtemp(prefix="mlops-trainer-")) / "trainer.log"
+    log_file = Path(tempfile.mkdtemp(prefix="mlops-trainer-")) / Path(TRAINER_LOG_ARTIFACT).name
     handler = logging.FileHandler(log_file, encoding="utf-8")
     handler.setFormatter(logs.formatter())
     handler.addFilter(logs.StaticFields(fields))

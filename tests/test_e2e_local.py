@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import httpx
+from mlflow.tracking import MlflowClient
 
 from tests.support import classification_csv, regression_csv, wait_until
 
@@ -107,6 +108,10 @@ def test_seed_walkthrough_train_deploy_predict_restart_delete(api_factory, tmp_p
 
         assert client.delete("/api/v1/inference/deployments/deploy-reg-01").status_code == 200
         assert client.get("/api/v1/inference/deployments/deploy-reg-01").status_code == 404
+        # The model server's last output is kept with the run it served.
+        kept = MlflowClient(api.env["MLOPS_MLFLOW_URI"]).download_artifacts(
+            run_id, "serving-logs/deploy-reg-01.log", str(tmp_path))
+        assert Path(kept).read_text().strip()
         assert client.post("/api/v1/inference/deploy-reg-01/predict", json=SEED_PREDICT_BODY).status_code == 404
         assert client.delete("/api/v1/train/jobs/train-reg-01").status_code == 200
         assert client.get("/api/v1/train/jobs/train-reg-01/status").status_code == 404
