@@ -183,9 +183,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         latency_seconds=max(2.0, seconds / 2),
         warmup_seconds=1.0,
         only=only,
-        # The classifier is measured behind the control plane only.
-        models=("linear",) if args.quick else ("linear", "forest", "classifier") if CONTROL_PLANE in only
-        else ("linear", "forest"),
+        models=("linear",) if args.quick else ("linear", "forest", "classifier"),
         worker_counts=tuple(int(value) for value in args.workers.split(",")),
         server_cpus="1" if args.pin else None,
         load_cpus="0" if args.pin else None,
