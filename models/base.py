@@ -69,6 +69,8 @@ class TrainingHandler(Protocol):
 
 
 class ServingHandler(Protocol):
+    """Also optional: `preload()`, imports that script/serve.py runs while the model downloads."""
+
     def load(self, model_dir: str, device: str) -> Predictor:
         """Build the predictor from an MLflow model already downloaded to `model_dir`."""
         ...

@@ -224,12 +224,21 @@ def load_classifier(model_dir: Path) -> ClassifierPredictor:
 class RegressorServing:
     """The serving half of models.sklearn_regressor's handler, without its training imports."""
 
+    def preload(self) -> None:
+        """Import, while the model downloads, the runtime of the form this family's trainer logs for
+        its slow model (a forest: ONNX Runtime); a linear model does not need it and pays ~15 MiB."""
+        import onnxruntime  # noqa: F401
+
     def load(self, model_dir: str, device: str) -> RegressorPredictor:
         return load_regressor(Path(model_dir))
 
 
 class ClassifierServing:
     """The serving half of models.sklearn_classifier's handler, without its training imports."""
+
+    def preload(self) -> None:
+        """Import, while the model downloads, the runtime of the form this family's trainer logs."""
+        import treelite.gtil  # noqa: F401
 
     def load(self, model_dir: str, device: str) -> ClassifierPredictor:
         return load_classifier(Path(model_dir))

@@ -127,6 +127,8 @@ def serve(download: ModelDownload | None, folder: str, started: float) -> int:
 
     from script.inference_app import InferenceApp
 
+    if hasattr(handler, "preload"):
+        handler.preload()
     device = choose_device(spec.use_gpu)
     try:
         model_dir = download.wait()
@@ -144,8 +146,9 @@ def serve(download: ModelDownload | None, folder: str, started: float) -> int:
                         **({"formNote": predictor.note} if predictor.note else {}),
                         "seconds": round(load_seconds, 2), "listen": f"{host}:{port}"}).decode(), flush=True)
     # httptools and uvloop (uvicorn[standard]): the fastest parser and loop uvicorn has.
+    # No websockets and no lifespan: the app has neither, and uvicorn then imports less at start.
     uvicorn.run(InferenceApp(spec, predictor, device, load_seconds), host=host, port=port, http="httptools",
-                loop="uvloop", log_level="warning", access_log=False, lifespan="off", server_header=False)
+                loop="uvloop", ws="none", log_level="warning", access_log=False, lifespan="off", server_header=False)
     return 0
 
 
