@@ -18,6 +18,7 @@ from models.base import TabularData, TrainContext, TrainingError
 from models.compiled_forms import Compiled, Task, compile_classifier, compile_regressor
 from models.serving_bundle import probe_rows, write_bundle
 from models.spec import MODEL_ARTIFACT_PATH
+from models.tabular_serving import json_label
 
 
 def trusted_types(model: BaseEstimator) -> list[str]:
@@ -47,7 +48,7 @@ def write_serving_bundle(model: BaseEstimator, data: TabularData, task: Task, al
             outcome = {"compiledForm": None, "reason": "no compiler fits this model"}
             files: list[str] = []
         else:
-            classes = [c.item() if isinstance(c, np.generic) else c for c in getattr(model, "classes_", [])]
+            classes = [json_label(c) for c in getattr(model, "classes_", [])]
             files = write_bundle(compiled, task, int(model.n_features_in_), rows, np.asarray(answers), folder,
                                  classes=classes, allows_missing=allows_missing)
             outcome = {"compiledForm": compiled.form, "probeRows": len(rows)}

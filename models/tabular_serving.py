@@ -40,7 +40,8 @@ FRAMEWORK_CLASSIFIER = "sklearn.predict_proba"
 FRAMEWORK_SINGLE_THREAD_MAX_ROWS = 512
 
 
-def _json_label(value: Any) -> Any:
+def json_label(value: Any) -> Any:
+    """A class label as JSON has it (numpy scalars become Python ones)."""
     return value.item() if isinstance(value, np.generic) else value
 
 
@@ -151,7 +152,7 @@ def classifier_from_model(model: Any, names: list[str], compile_now: bool = True
     """A fitted scikit-learn classifier: a form compiled now if it agrees with `predict_proba` on
     probe rows (with missing values where the model takes them), else `predict_proba` itself."""
     n_features = int(model.n_features_in_)
-    classes = [_json_label(c) for c in model.classes_]
+    classes = [json_label(c) for c in model.classes_]
     rows = generated_probes(n_features, None)
     holes = rows.copy()
     holes[::7, 0] = np.nan  # the trees' missing-value branches too
