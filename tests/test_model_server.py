@@ -158,6 +158,10 @@ def test_framework_path_when_no_fast_form_fits_or_it_disagrees() -> None:
         assert predictor.form == FRAMEWORK_REGRESSOR
         rows = random_rows(20, 4)
         np.testing.assert_array_equal(predictor.predict(rows)["predictions"], model.predict(rows))
+    # /metadata says which form serves and why the compiled one does not (it gives other answers).
+    spec = ServeSpec(task_id="t", model_id="m", model_uri="runs:/x/model", model_profile="p", handler="h")
+    metadata = orjson.loads(call(InferenceApp(spec, predictor, "cpu", 0.1), "GET", "/metadata", b"")[2])
+    assert metadata["form"] == FRAMEWORK_REGRESSOR and metadata["formNote"].startswith("numpy linear differs by")
 
 
 def test_regressor_refuses_non_finite_rows() -> None:
