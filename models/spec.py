@@ -8,13 +8,14 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
-TRAIN_SPEC_ENV = "MLOPS_TRAIN_SPEC"
-SERVE_SPEC_ENV = "MLOPS_SERVE_SPEC"
-SERVE_HOST_ENV = "MLOPS_SERVE_HOST"
-SERVE_PORT_ENV = "MLOPS_SERVE_PORT"
-# Kubernetes reads a container's last words from this file (terminationMessagePath).
-TERMINATION_LOG_ENV = "MLOPS_TERMINATION_LOG"
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+from models.workload_env import (  # noqa: F401 - the names workloads and the control plane share
+    DEFAULT_TERMINATION_LOG,
+    SERVE_HOST_ENV,
+    SERVE_PORT_ENV,
+    SERVE_SPEC_ENV,
+    TERMINATION_LOG_ENV,
+    TRAIN_SPEC_ENV,
+)
 
 # MLflow run tags that tie a run to the task that made it.
 TASK_ID_TAG = "mlops.task_id"
