@@ -22,6 +22,8 @@ LABEL_TASK_KIND = "mlops.dev/task-kind"
 LABEL_PROFILE = "mlops.dev/profile"
 LABEL_MODEL_ID = "mlops.dev/model-id"
 ANNOTATION_REQUEST = "mlops.dev/request"
+# The name a language model's server answers to (OpenAI's "model"), for the proxy to send.
+ANNOTATION_SERVED_MODEL = "mlops.dev/served-model-name"
 
 KIND_TRAINING = "training"
 KIND_INFERENCE = "inference"
@@ -62,9 +64,12 @@ def _labels(kind: str, task_id: str, profile: str, model_id: str | None = None) 
     return labels
 
 
-def _metadata(name: str, labels: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
-    request_json = json.dumps(request, sort_keys=True, separators=(",", ":"))
-    return {"name": name, "labels": labels, "annotations": {ANNOTATION_REQUEST: request_json}}
+def _metadata(name: str, labels: dict[str, str], request: dict[str, Any], served_model_name: str | None = None
+              ) -> dict[str, Any]:
+    annotations = {ANNOTATION_REQUEST: json.dumps(request, sort_keys=True, separators=(",", ":"))}
+    if served_model_name:
+        annotations[ANNOTATION_SERVED_MODEL] = served_model_name
+    return {"name": name, "labels": labels, "annotations": annotations}
 
 
 def _env_from_cluster(refs: ClusterRefs) -> list[dict[str, Any]]:
@@ -252,7 +257,7 @@ def inference_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(name, labels, request),
+        "metadata": _metadata(name, labels, request, spec.served_model_name),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector},
@@ -272,13 +277,18 @@ def inference_service(spec: ServeSpec, profile: ModelProfile, request: dict[str,
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(inference_name(spec.model_id), labels, request),
+        "metadata": _metadata(inference_name(spec.model_id), labels, request, spec.served_model_name),
         "spec": {
             "type": "ClusterIP",
             "selector": task_selector(KIND_INFERENCE, spec.task_id),
             "ports": [{"name": HTTP_PORT_NAME, "port": SERVICE_PORT, "targetPort": HTTP_PORT_NAME, "protocol": "TCP"}],
         },
     }
+
+
+def served_model_name_of(obj: dict[str, Any]) -> str | None:
+    """The language model's served name an inference object records, if any."""
+    return (obj.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_SERVED_MODEL)
 
 
 def request_of(obj: dict[str, Any]) -> dict[str, Any]:

@@ -101,7 +101,11 @@ class OpenAIProxy:
         chat = "messages" in data
         request: dict[str, Any] = {k: v for k, v in data.items() if k in
                                    ("prompt", "messages", "max_tokens", "temperature", "top_p")}
-        request["model"] = self.language_endpoint(task_id).task_id
+        # The name the server was started with (the deployment's modelId), not the task id: vLLM
+        # answers 404 to any other. Objects made before the name was recorded: the server's only model.
+        served_name = self.language_endpoint(task_id).served_model_name
+        if served_name:
+            request["model"] = served_name
         status, _, stream = await self.open(task_id, "POST", "chat/completions" if chat else "completions",
                                             orjson.dumps(request), "application/json")
         answer = b"".join([chunk async for chunk in stream])

@@ -46,6 +46,9 @@ class Endpoint:
     headers: Mapping[str, str] = field(default_factory=dict, hash=False)
     # TLS for an https base_url (the cluster's CA, a client certificate); None: the system defaults.
     ssl_context: SSLContext | None = None
+    # A language model's name on its server (OpenAI's "model"), as the deployment records it; the
+    # proxy sends it for the specification's predict route. None for other models.
+    served_model_name: str | None = None
 
 
 class EndpointCache:

@@ -22,13 +22,21 @@ import urllib.request
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from app.core.manifests import KIND_INFERENCE, KIND_TRAINING, LABEL_PROFILE, READINESS_PATH, request_of
+from app.core.manifests import (
+    KIND_INFERENCE,
+    KIND_TRAINING,
+    LABEL_PROFILE,
+    READINESS_PATH,
+    request_of,
+    served_model_name_of,
+)
 from app.runtime.base import AlreadyExists, Endpoint, EndpointCache, WorkloadState
 from app.runtime.local_supervisor import GRACE_SECONDS, write_json_atomic
 from app.schemas.inference import DeploymentStatus
@@ -432,7 +440,8 @@ class LocalRuntime:
         probe = container.get("readinessProbe", {}).get("httpGet", {})
         self._readiness_paths[task_id] = probe.get("path", READINESS_PATH)
         url = f"http://127.0.0.1:{record['port']}"
-        self.endpoints.put(Endpoint(task_id, url, ready, profile, message))
+        self.endpoints.put(Endpoint(task_id, url, ready, profile, message,
+                                    served_model_name=served_model_name_of(deployment)))
 
     def reconcile(self) -> None:
         """Bring the endpoint cache in line with the data directory; restart dead model servers."""
@@ -476,7 +485,7 @@ class LocalRuntime:
         except (OSError, ValueError):
             return endpoint
         detail = body.get("detail") if isinstance(body, dict) else None
-        ready = Endpoint(endpoint.task_id, endpoint.base_url, True, endpoint.profile, detail)
+        ready = replace(endpoint, ready=True, message=detail)
         self.endpoints.put(ready)
         return ready
 
@@ -504,7 +513,7 @@ class LocalRuntime:
         # Only the entry that was probed may be replaced: a status read's own probe (or a proxy
         # error) may have changed it meanwhile, and a stale answer must not undo that.
         if self.endpoints.get(endpoint.task_id) is endpoint:
-            self.endpoints.put(Endpoint(endpoint.task_id, endpoint.base_url, ready, endpoint.profile, message))
+            self.endpoints.put(replace(endpoint, ready=ready, message=message))
 
     async def probe_all(self) -> None:
         now = time.monotonic()

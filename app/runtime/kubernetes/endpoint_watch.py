@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from app.core.manifests import KIND_INFERENCE, LABEL_PROFILE, LABEL_TASK_ID, task_selector
+from app.core.manifests import KIND_INFERENCE, LABEL_PROFILE, LABEL_TASK_ID, served_model_name_of, task_selector
 from app.runtime.base import Endpoint, EndpointCache
 from app.runtime.kubernetes.api import DEPLOYMENTS, SERVICES, ClusterApi, RawWatch, Resource, WatchExpired
 from app.runtime.kubernetes.routes import ServiceRoute
@@ -225,7 +225,8 @@ class EndpointWatch:
         else:
             phase, message = inference_phase(deployment, [])
             ready = phase == DeploymentStatus.READY
-        return Endpoint(task_id, target.base_url, ready, profile, message, target.headers, target.ssl_context)
+        return Endpoint(task_id, target.base_url, ready, profile, message, target.headers, target.ssl_context,
+                        served_model_name=served_model_name_of(source))
 
     def _publish(self, changes: EndpointChanges) -> None:
         if not changes:
