@@ -4,6 +4,7 @@
 naming the profile and the field.
 """
 
+import json
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
@@ -76,23 +77,73 @@ class InferenceSettings(_Strict):
     max_rows: int = Field(default=10_000, ge=1)
 
 
-class VllmSettings(_Strict):
-    """Arguments of `vllm serve` on a GPU node."""
+# Arguments script/llm_server.py gives vLLM itself; a profile's extra_args may not repeat them.
+VLLM_RESERVED_ARGS = ("--model", "--served-model-name", "--host", "--port")
 
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+
+def _quantity_bytes(value: str, field: str) -> int:
+    from kubernetes.utils import parse_quantity  # Kubernetes' own quantity grammar ("512Mi", "4Gi", "1G")
+
+    try:
+        amount = parse_quantity(value)
+    except ValueError:
+        raise ValueError(f"{field} must be a Kubernetes quantity such as 512Mi or 4Gi, not {value!r}") from None
+    if amount <= 0 or amount != int(amount):
+        raise ValueError(f"{field} must be a positive whole number of bytes, not {value!r}")
+    return int(amount)
+
+
+class VllmSettings(_Strict):
+    """Arguments of vLLM's OpenAI server, the same on GPU and CPU nodes but for how memory is sized."""
+
     max_model_len: int = Field(default=4096, ge=16)
     tensor_parallel_size: int = Field(default=1, ge=1, le=16)
     dtype: Literal["auto", "half", "float16", "bfloat16", "float32"] = "auto"
+    # Requests the engine batches at once (vLLM's default when unset).
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    # Skip torch.compile (and CUDA graphs): the server is up in seconds instead of a minute or more,
+    # and generates more slowly.
+    enforce_eager: bool = False
+    # GPU nodes: the share of each GPU's memory vLLM takes for weights, activations and KV cache.
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    # CPU nodes: the KV cache's size, a Kubernetes quantity. Without it vLLM's CPU build takes
+    # gpu_memory_utilization of the whole host's memory, whatever the pod's limit says.
+    cpu_kv_cache_memory: str = "2Gi"
     extra_args: tuple[str, ...] = ()
 
-    def cli_args(self) -> list[str]:
-        return [
-            "--gpu-memory-utilization", f"{self.gpu_memory_utilization:g}",
+    @field_validator("cpu_kv_cache_memory")
+    @classmethod
+    def _kv_cache_is_a_quantity(cls, value: str) -> str:
+        _quantity_bytes(value, "cpu_kv_cache_memory")
+        return value
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_reserved_args(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for arg in value:
+            if arg.split("=", 1)[0] in VLLM_RESERVED_ARGS:
+                raise ValueError(f"{arg.split('=', 1)[0]} is set from the deployment itself "
+                                 f"(reserved: {', '.join(VLLM_RESERVED_ARGS)})")
+        return value
+
+    def cli_args(self, use_gpu: bool, max_new_tokens: int) -> list[str]:
+        """The server's arguments from this profile, after the ones llm_server.py sets."""
+        args = [
             "--max-model-len", str(self.max_model_len),
-            "--tensor-parallel-size", str(self.tensor_parallel_size),
             "--dtype", self.dtype,
-            *self.extra_args,
+            "--tensor-parallel-size", str(self.tensor_parallel_size),
+            # The default and the largest number of tokens a request generates.
+            "--override-generation-config", json.dumps({"max_new_tokens": max_new_tokens}),
         ]
+        if self.max_num_seqs is not None:
+            args += ["--max-num-seqs", str(self.max_num_seqs)]
+        if self.enforce_eager:
+            args.append("--enforce-eager")
+        if use_gpu:
+            args += ["--gpu-memory-utilization", f"{self.gpu_memory_utilization:g}"]
+        else:
+            args += ["--kv-cache-memory-bytes", str(_quantity_bytes(self.cpu_kv_cache_memory, "cpu_kv_cache_memory"))]
+        return [*args, *self.extra_args]
 
 
 class ModelCache(_Strict):
@@ -100,6 +151,13 @@ class ModelCache(_Strict):
 
     claim_name: str | None = "mlops-model-cache"  # a PersistentVolumeClaim; None: an emptyDir
     mount_path: str = "/models"
+
+
+class SecretKey(_Strict):
+    """A key of a Secret, read by reference (secretKeyRef); locally, the API's environment variable named `key`."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
 
 
 class LlmSettings(_Strict):
@@ -110,13 +168,18 @@ class LlmSettings(_Strict):
     # Base models (training's initialModelFilePath) and deploy-time modelReference values the
     # profile allows: shell-style patterns, e.g. "/models/*" or "Qwen/*".
     allowed_model_references: tuple[str, ...] = ()
-    # The CPU backend's default and largest number of generated tokens per request.
+    # The default and largest number of tokens one request generates.
     max_new_tokens: int = Field(default=256, ge=1)
     # QLoRA: load the base model in 4 bits when training with useGpu (needs bitsandbytes).
     qlora_on_gpu: bool = True
+    # Gated Hugging Face models: HF_TOKEN comes from this Secret (optional: pods start without it).
+    hf_token_secret: SecretKey | None = SecretKey(name="mlops-hf-token", key="HF_TOKEN")
 
     def allows_reference(self, reference: str) -> bool:
         return any(fnmatchcase(reference, pattern) for pattern in self.allowed_model_references)
+
+    def engine_args(self, use_gpu: bool) -> list[str]:
+        return self.vllm.cli_args(use_gpu, self.max_new_tokens)
 
 
 class Hyperparameter(_Strict):
@@ -181,6 +244,12 @@ class ModelProfile(_Strict):
             raise ValueError("a profile needs a trainer or an inference section (or both)")
         if self.kind == "llm" and self.llm is None:
             raise ValueError("an llm profile needs an llm section")
+        if self.llm is not None and self.inference is not None:
+            limit = self.inference.resources.limits.get("memory")
+            kv_cache = _quantity_bytes(self.llm.vllm.cpu_kv_cache_memory, "llm.vllm.cpu_kv_cache_memory")
+            if limit is not None and kv_cache >= _quantity_bytes(limit, "inference.resources.limits.memory"):
+                raise ValueError(f"llm.vllm.cpu_kv_cache_memory ({self.llm.vllm.cpu_kv_cache_memory}) must be less "
+                                 f"than inference.resources.limits.memory ({limit}): the weights need room too")
         return self
 
     def resolve_hyperparameters(self, given: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:

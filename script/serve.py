@@ -170,8 +170,8 @@ def main() -> int:
     from models import get_handler
 
     handler = get_handler(spec.handler)
-    if getattr(handler, "serves_openai", False):  # a language model: vLLM or the CPU engine
-        from script.openai_server import main as serve_language_model
+    if getattr(handler, "serves_openai", False):  # a language model: vLLM's OpenAI server
+        from script.llm_server import main as serve_language_model
 
         return serve_language_model(spec, sys.argv[1:], fail)
     started = time.monotonic()

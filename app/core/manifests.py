@@ -114,9 +114,25 @@ _CONTAINER_SECURITY = {
 }
 
 
+def _llm_env(profile: ModelProfile) -> list[dict[str, Any]]:
+    """What a language-model pod (LoRA Job or vLLM server) needs besides the weight cache."""
+    assert profile.llm is not None
+    env: list[dict[str, Any]] = [
+        # vLLM reports usage to its authors by default; a platform's pods keep to themselves.
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        {"name": "DO_NOT_TRACK", "value": "1"},
+    ]
+    secret = profile.llm.hf_token_secret
+    if secret is not None:  # gated Hugging Face models; optional, so public models need no Secret
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": secret.name, "key": secret.key, "optional": True}}})
+    return env
+
+
 def _llm_volumes(profile: ModelProfile, container: dict[str, Any], shm: bool) -> list[dict[str, Any]]:
     """The weight cache (and vLLM's shared memory) of a language-model pod."""
     assert profile.llm is not None
+    container["env"] += _llm_env(profile)
     cache = profile.llm.model_cache
     source: dict[str, Any] = (
         {"persistentVolumeClaim": {"claimName": cache.claim_name}} if cache.claim_name else {"emptyDir": {}}
@@ -244,8 +260,9 @@ def inference_deployment(
     )
     volumes: list[dict[str, Any]] = []
     if profile.llm:
-        # serve.py runs `vllm serve <model> ARGS` where vLLM can run, else its CPU backend.
-        container["args"] = profile.llm.vllm.cli_args()
+        # serve.py fetches the model, then runs vLLM's OpenAI server with these arguments (its CPU
+        # build or its CUDA build, whichever the image has; script/llm_server.py).
+        container["args"] = profile.llm.engine_args(use_gpu)
         volumes = _llm_volumes(profile, container, shm=True)
     container["ports"] = [{"name": HTTP_PORT_NAME, "containerPort": port, "protocol": "TCP"}]
     # Loading a model can take minutes (a language model's download, much longer): the startup
