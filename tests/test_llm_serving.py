@@ -62,16 +62,49 @@ def served(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> Iterato
             assert trained.status_code == 201, trained.text
             status = wait_for_training(client, "lora-task", timeout=300)
             assert status["status"] == "Succeeded", status
+            # Seen failed, it goes: its restarts would only slow the next vLLM start down.
+            broken_status = wait_for_deployment(client, BROKEN_TASK, want="Failed", timeout=300)
+            broken_logs = client.get(f"/api/v1/inference/deployments/{BROKEN_TASK}/logs", params={"tail": 400}).text
+            assert client.delete(f"/api/v1/inference/deployments/{BROKEN_TASK}").status_code == 200
             deployed = client.post("/api/v1/inference/deployments", json={
                 "taskId": TASK_ID, "modelId": MODEL_ID, "mlflowRunId": status["mlflowRunId"],
                 "modelProfile": "llm_chat"})
             assert deployed.status_code == 201, deployed.text
             wait_for_deployment(client, TASK_ID, timeout=420)
         yield SimpleNamespace(api=api, base=base, run_id=status["mlflowRunId"], mlflow_uri=mlflow_uri,
-                              data_dir=root / "data")
+                              data_dir=root / "data", broken_status=broken_status, broken_logs=broken_logs)
     finally:
         api.stop()
         kill_workloads(root / "data")
+
+
+def test_language_model_requests_are_checked_before_anything_runs(api, tmp_path: Path) -> None:
+    model = make_tiny_model(tmp_path / "tiny")
+    with api.client() as client:
+        wrong_profile = client.post("/api/v1/inference/deployments", json={
+            "taskId": "t1", "modelId": "m1", "modelReference": str(model), "modelProfile": "tabular_regression"})
+        assert wrong_profile.status_code == 422 and wrong_profile.json()["error"]["field"] == "modelReference"
+        both = client.post("/api/v1/inference/deployments", json={
+            "taskId": "t1", "modelId": "m1", "modelReference": str(model), "mlflowRunId": "a" * 32,
+            "modelProfile": "llm_chat"})
+        assert both.status_code == 422 and both.json()["error"]["field"] == "mlflowRunId"
+        outside = client.post("/api/v1/inference/deployments", json={
+            "taskId": "t1", "modelId": "m1", "modelReference": "evil/model", "modelProfile": "llm_chat"})
+        assert outside.status_code == 403 and outside.json()["error"]["field"] == "modelReference"
+        no_base = client.post("/api/v1/train/jobs", json={
+            "taskId": "lora-1", "experimentName": "x", "modelProfile": "llm_lora", "datasetPath": "s3://b/d.jsonl"})
+        assert no_base.status_code == 422 and no_base.json()["error"]["field"] == "initialModelFilePath"
+        serve_only = client.post("/api/v1/train/jobs", json={
+            "taskId": "chat-train", "experimentName": "x", "modelProfile": "llm_chat", "datasetPath": "s3://b/d"})
+        assert serve_only.status_code == 422 and "only serves" in serve_only.json()["error"]["message"]
+        lora = {"taskId": "lora-1", "experimentName": "x", "modelProfile": "llm_lora", "datasetPath": "s3://b/d.jsonl",
+                "initialModelFilePath": str(model)}
+        column = client.post("/api/v1/train/jobs", json={**lora, "targetColumn": "y"})
+        assert column.status_code == 422 and column.json()["error"]["field"] == "targetColumn"
+        unmerged = client.post("/api/v1/train/jobs", json={**lora, "customModelName": "chat",
+                                                           "hyperparameters": {"mergeAdapter": False}})
+        assert unmerged.status_code == 422 and unmerged.json()["error"]["field"] == "customModelName"
+        assert not any(api.data_dir.glob("tasks/*/*"))
 
 
 def admin_client(served: SimpleNamespace) -> httpx.Client:
@@ -137,10 +170,10 @@ def test_openai_client_plain_and_streamed_with_the_deployments_model_id(served) 
         openai_client(served, token="not-a-token-0123456789").models.list()
 
 
-def prompt_logprobs_by_transformers(model_dir_or_model, tokenizer, text: str) -> list[float]:
+def prompt_logprobs_by_transformers(model, tokenizer, text: str) -> list[float]:
     ids = tokenizer(text, return_tensors="pt")["input_ids"]
     with torch.inference_mode():
-        logits = model_dir_or_model(ids).logits.log_softmax(-1)[0]
+        logits = model(ids).logits.log_softmax(-1)[0]
     return [float(logits[i - 1, ids[0, i]]) for i in range(1, ids.shape[1])]
 
 
@@ -171,9 +204,7 @@ def test_the_served_weights_are_the_lora_runs_merged_model(served) -> None:
 
 
 def test_a_model_vllm_cannot_load_fails_the_deployment_saying_why(served) -> None:
-    with admin_client(served) as client:
-        failed = wait_for_deployment(client, BROKEN_TASK, want="Failed", timeout=300)
-        logs = client.get(f"/api/v1/inference/deployments/{BROKEN_TASK}/logs", params={"tail": 400}).text
+    failed, logs = served.broken_status, served.broken_logs
     assert failed["engine"] == "vllm"
     message = failed["message"]
     assert "vLLM exited with code 1" in message, message
@@ -191,8 +222,8 @@ def vllm_worker(served: SimpleNamespace, task_id: str) -> psutil.Process:
 
 
 def test_a_generation_that_fails_mid_stream_breaks_the_clients_stream(served) -> None:
-    """The module deployment's last test: vLLM's worker is killed (as the kernel's OOM killer would)
-    while it streams."""
+    """The module deployment's last test (keep it last): vLLM's worker is killed, as the kernel's OOM
+    killer would, while it streams."""
     worker = vllm_worker(served, TASK_ID)
     stream = openai_client(served).completions.create(model=MODEL_ID, prompt="the", max_tokens=3000, stream=True,
                                                       extra_body={"ignore_eos": True})
@@ -209,32 +240,4 @@ def test_a_generation_that_fails_mid_stream_breaks_the_clients_stream(served) ->
     with admin_client(served) as client:
         wait_until(lambda: client.get(f"/api/v1/inference/deployments/{TASK_ID}").json()["status"] != "Ready",
                    timeout=60, what="the deployment to leave Ready")
-
-
-def test_language_model_requests_are_checked_before_anything_runs(api, tmp_path: Path) -> None:
-    model = make_tiny_model(tmp_path / "tiny")
-    with api.client() as client:
-        wrong_profile = client.post("/api/v1/inference/deployments", json={
-            "taskId": "t1", "modelId": "m1", "modelReference": str(model), "modelProfile": "tabular_regression"})
-        assert wrong_profile.status_code == 422 and wrong_profile.json()["error"]["field"] == "modelReference"
-        both = client.post("/api/v1/inference/deployments", json={
-            "taskId": "t1", "modelId": "m1", "modelReference": str(model), "mlflowRunId": "a" * 32,
-            "modelProfile": "llm_chat"})
-        assert both.status_code == 422 and both.json()["error"]["field"] == "mlflowRunId"
-        outside = client.post("/api/v1/inference/deployments", json={
-            "taskId": "t1", "modelId": "m1", "modelReference": "evil/model", "modelProfile": "llm_chat"})
-        assert outside.status_code == 403 and outside.json()["error"]["field"] == "modelReference"
-        no_base = client.post("/api/v1/train/jobs", json={
-            "taskId": "lora-1", "experimentName": "x", "modelProfile": "llm_lora", "datasetPath": "s3://b/d.jsonl"})
-        assert no_base.status_code == 422 and no_base.json()["error"]["field"] == "initialModelFilePath"
-        serve_only = client.post("/api/v1/train/jobs", json={
-            "taskId": "chat-train", "experimentName": "x", "modelProfile": "llm_chat", "datasetPath": "s3://b/d"})
-        assert serve_only.status_code == 422 and "only serves" in serve_only.json()["error"]["message"]
-        lora = {"taskId": "lora-1", "experimentName": "x", "modelProfile": "llm_lora", "datasetPath": "s3://b/d.jsonl",
-                "initialModelFilePath": str(model)}
-        column = client.post("/api/v1/train/jobs", json={**lora, "targetColumn": "y"})
-        assert column.status_code == 422 and column.json()["error"]["field"] == "targetColumn"
-        unmerged = client.post("/api/v1/train/jobs", json={**lora, "customModelName": "chat",
-                                                           "hyperparameters": {"mergeAdapter": False}})
-        assert unmerged.status_code == 422 and unmerged.json()["error"]["field"] == "customModelName"
-        assert not any(api.data_dir.glob("tasks/*/*"))
+        assert client.delete(f"/api/v1/inference/deployments/{TASK_ID}").status_code == 200
