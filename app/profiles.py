@@ -62,7 +62,11 @@ class TrainerSettings(_Strict):
 
 
 class InferenceSettings(_Strict):
+    # The image of pods with a GPU (useGpu), and of every pod unless cpu_image is set.
     image: str
+    # The image of pods without a GPU, where that must differ: vLLM's CUDA build cannot run without
+    # one, so a language model on a CPU node needs an image with vLLM's CPU build.
+    cpu_image: str | None = None
     replicas: int = Field(default=1, ge=1, le=64)
     port: int = Field(default=8080, ge=1, le=65535)
     resources: Resources = Resources()

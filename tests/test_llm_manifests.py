@@ -79,6 +79,12 @@ def test_cpu_and_gpu_pods_run_the_same_arguments_but_for_how_memory_is_sized() -
     assert common(cpu_args) == common(gpu_args)
 
 
+def test_pods_without_a_gpu_run_the_image_with_vllms_cpu_build() -> None:
+    inference = PROFILES["llm_chat"].inference
+    assert pod(deploy(use_gpu=True)[0])[1]["image"] == inference.image
+    assert pod(deploy(use_gpu=False)[0])[1]["image"] == inference.cpu_image != inference.image
+
+
 def test_hf_token_comes_from_the_profiles_secret_by_reference_never_inline() -> None:
     for use_gpu in (True, False):
         _, container = pod(deploy(use_gpu=use_gpu)[0])

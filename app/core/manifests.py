@@ -254,8 +254,9 @@ def inference_deployment(
     ]
     # A language model on GPUs takes one per tensor-parallel rank.
     gpus = profile.llm.vllm.tensor_parallel_size if profile.llm else None
+    image = profile.inference.image if use_gpu else profile.inference.cpu_image or profile.inference.image
     container = _container(
-        "server", profile.inference.image, "script/serve.py", env,
+        "server", image, "script/serve.py", env,
         _resources(profile.inference.resources, profile, use_gpu, gpu_count=gpus),
     )
     volumes: list[dict[str, Any]] = []
