@@ -34,6 +34,8 @@ ADMIN = "admin-token-for-llm-tests-0123456789"
 PREDICTOR = "predict-token-for-llm-tests-0123456789"
 TASK_ID, MODEL_ID = "chat-task", "tuned-chat"  # they differ on purpose: clients name the model by modelId
 BROKEN_TASK = "broken-task"
+# Locally the profile's HF_TOKEN Secret is the API's own environment variable.
+HF_TOKEN = "hf_never-in-a-log-0123456789abcdef"
 # The sentence the LoRA run learns as prompt "the" -> completion (tests/llm_support.py).
 LEARNED = "the quick brown fox jumps over the lazy dog"
 
@@ -46,7 +48,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> Iterato
     broken = make_unloadable_model(base, root / "mystery-model")
     api = ApiProcess(root / "data", mlflow_uri, {
         "MLOPS_PROFILES_PATH": str(write_test_profiles(root / "profiles.yaml")),
-        "MLOPS_API_TOKENS": f"admin:{ADMIN},predict:{PREDICTOR}"}).start()
+        "MLOPS_API_TOKENS": f"admin:{ADMIN},predict:{PREDICTOR}", "HF_TOKEN": HF_TOKEN}).start()
     try:
         with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60) as client:
             # The model vLLM refuses fails its starts while the LoRA run trains.
@@ -124,6 +126,16 @@ def test_status_names_the_engine_and_what_it_serves(served) -> None:
     models = openai_client(served).models.list()
     assert [model.id for model in models.data] == [MODEL_ID]
     assert models.data[0].owned_by == "vllm"  # vLLM's own answer, passed through
+
+
+def test_the_hf_token_reaches_the_server_and_no_log(served) -> None:
+    serve_pid = json.loads((served.data_dir / "tasks" / "inference" / TASK_ID / "status.json").read_text())["pid"]
+    assert psutil.Process(serve_pid).environ()["HF_TOKEN"] == HF_TOKEN
+    with admin_client(served) as client:
+        logs = client.get(f"/api/v1/inference/deployments/{TASK_ID}/logs").text
+    assert "Starting vLLM server" in logs
+    for text in (logs, served.api.log_path.read_text()):
+        assert HF_TOKEN not in text
 
 
 def test_specification_predict_route_names_the_model_by_its_id_not_the_task_id(served) -> None:
