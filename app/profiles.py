@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ProfileError(Exception):
@@ -85,16 +94,16 @@ class InferenceSettings(_Strict):
 VLLM_RESERVED_ARGS = ("--model", "--served-model-name", "--host", "--port")
 
 
-def _quantity_bytes(value: str, field: str) -> int:
-    from kubernetes.utils import parse_quantity  # Kubernetes' own quantity grammar ("512Mi", "4Gi", "1G")
-
+def _memory_limit_bytes(quantity: str) -> int | None:
+    """A container's memory limit in bytes, for the common forms ("32Gi", "4G", "1073741824");
+    None for the rarer ones (kubernetes-validate checks the quantity itself). pydantic's ByteSize
+    spells the binary units "GiB" where Kubernetes writes "Gi". (kubernetes.utils.parse_quantity
+    knows them all but its import adds about a second to every API start.)"""
+    spelled = quantity + "B" if quantity.endswith(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei")) else quantity
     try:
-        amount = parse_quantity(value)
-    except ValueError:
-        raise ValueError(f"{field} must be a Kubernetes quantity such as 512Mi or 4Gi, not {value!r}") from None
-    if amount <= 0 or amount != int(amount):
-        raise ValueError(f"{field} must be a positive whole number of bytes, not {value!r}")
-    return int(amount)
+        return int(TypeAdapter(ByteSize).validate_python(spelled))
+    except ValidationError:
+        return None
 
 
 class VllmSettings(_Strict):
@@ -110,16 +119,10 @@ class VllmSettings(_Strict):
     enforce_eager: bool = False
     # GPU nodes: the share of each GPU's memory vLLM takes for weights, activations and KV cache.
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    # CPU nodes: the KV cache's size, a Kubernetes quantity. Without it vLLM's CPU build takes
+    # CPU nodes: the KV cache's size ("4GiB", "512MiB"). Without it vLLM's CPU build takes
     # gpu_memory_utilization of the whole host's memory, whatever the pod's limit says.
-    cpu_kv_cache_memory: str = "2Gi"
+    cpu_kv_cache_memory: ByteSize = Field(default=ByteSize(4 * 2**30), gt=0)
     extra_args: tuple[str, ...] = ()
-
-    @field_validator("cpu_kv_cache_memory")
-    @classmethod
-    def _kv_cache_is_a_quantity(cls, value: str) -> str:
-        _quantity_bytes(value, "cpu_kv_cache_memory")
-        return value
 
     @field_validator("extra_args")
     @classmethod
@@ -146,7 +149,7 @@ class VllmSettings(_Strict):
         if use_gpu:
             args += ["--gpu-memory-utilization", f"{self.gpu_memory_utilization:g}"]
         else:
-            args += ["--kv-cache-memory-bytes", str(_quantity_bytes(self.cpu_kv_cache_memory, "cpu_kv_cache_memory"))]
+            args += ["--kv-cache-memory-bytes", str(int(self.cpu_kv_cache_memory))]
         return [*args, *self.extra_args]
 
 
@@ -250,10 +253,11 @@ class ModelProfile(_Strict):
             raise ValueError("an llm profile needs an llm section")
         if self.llm is not None and self.inference is not None:
             limit = self.inference.resources.limits.get("memory")
-            kv_cache = _quantity_bytes(self.llm.vllm.cpu_kv_cache_memory, "llm.vllm.cpu_kv_cache_memory")
-            if limit is not None and kv_cache >= _quantity_bytes(limit, "inference.resources.limits.memory"):
-                raise ValueError(f"llm.vllm.cpu_kv_cache_memory ({self.llm.vllm.cpu_kv_cache_memory}) must be less "
-                                 f"than inference.resources.limits.memory ({limit}): the weights need room too")
+            limit_bytes = _memory_limit_bytes(limit) if limit is not None else None
+            kv_cache = self.llm.vllm.cpu_kv_cache_memory
+            if limit_bytes is not None and kv_cache >= limit_bytes:
+                raise ValueError(f"llm.vllm.cpu_kv_cache_memory ({kv_cache.human_readable()}) must be less than "
+                                 f"inference.resources.limits.memory ({limit}): the weights need room too")
         return self
 
     def resolve_hyperparameters(self, given: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:

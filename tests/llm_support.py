@@ -79,7 +79,7 @@ def make_unloadable_model(source: Path, directory: Path) -> Path:
 
 # llm_chat's vLLM settings for tests: no torch.compile (the server is up in seconds, not a minute),
 # a KV cache of 64 MiB rather than gigabytes, float32 so that its numbers match transformers'.
-TEST_VLLM = {"enforce_eager": True, "cpu_kv_cache_memory": "64Mi", "dtype": "float32", "max_model_len": 4096,
+TEST_VLLM = {"enforce_eager": True, "cpu_kv_cache_memory": "64MiB", "dtype": "float32", "max_model_len": 4096,
              "max_num_seqs": 8}
 
 

@@ -66,7 +66,7 @@ def test_vllm_pod_carries_the_profiles_vllm_arguments_gpus_shm_and_cache() -> No
 def test_cpu_and_gpu_pods_run_the_same_arguments_but_for_how_memory_is_sized() -> None:
     gpu_args = pod(deploy(use_gpu=True)[0])[1]["args"]
     cpu_args = pod(deploy(use_gpu=False)[0])[1]["args"]
-    assert cpu_args[cpu_args.index("--kv-cache-memory-bytes") + 1] == str(4 * 1024**3)  # the profile's 4Gi
+    assert cpu_args[cpu_args.index("--kv-cache-memory-bytes") + 1] == str(4 * 1024**3)  # the profile's 4GiB
     assert "--gpu-memory-utilization" not in cpu_args
 
     def common(args: list[str]) -> list[str]:
@@ -99,9 +99,9 @@ def test_hf_token_comes_from_the_profiles_secret_by_reference_never_inline() -> 
 
 
 @pytest.mark.parametrize(("change", "expected"), [
-    ({"cpu_kv_cache_memory": "32Gi"}, "llm.vllm.cpu_kv_cache_memory (32Gi) must be less than "
-                                      "inference.resources.limits.memory (32Gi)"),
-    ({"cpu_kv_cache_memory": "lots"}, "cpu_kv_cache_memory must be a Kubernetes quantity"),
+    ({"cpu_kv_cache_memory": "32GiB"}, "llm.vllm.cpu_kv_cache_memory (32.0GiB) must be less than "
+                                       "inference.resources.limits.memory (32Gi)"),
+    ({"cpu_kv_cache_memory": "lots"}, "cpu_kv_cache_memory: could not parse value and unit from byte string"),
     ({"extra_args": ["--enable-prefix-caching", "--port=9000"]}, "--port is set from the deployment itself"),
     ({"extra_args": ["--served-model-name", "x"]}, "--served-model-name is set from the deployment itself"),
 ])
