@@ -3,7 +3,7 @@
 Downloads the model named by $MLOPS_SERVE_SPEC (`runs:/<id>/model`) from MLflow once, in a child
 process (script/download_model.py), loads it with the profile's serving handler, then serves it
 with the HTTP app of script/inference_app.py (/health, /ready, /metadata, /predict) under uvicorn.
-Language models go to script/openai_server.py instead.
+Language models go to script/llm_server.py instead (vLLM's OpenAI server).
 
 Start-up order matters: MLflow's import in the download's child is the longest step, so the child
 starts before this process imports anything beyond the standard library, and what serving needs
@@ -114,8 +114,8 @@ def serve(download: ModelDownload | None, folder: str, started: float) -> int:
     except (KeyError, ValueError) as exc:
         return fail(f"{SERVE_SPEC_ENV} is missing or invalid: {exc}")
     handler = get_serving_handler(spec.handler)
-    if getattr(handler, "serves_openai", False):  # a language model: vLLM or the CPU engine
-        from script.openai_server import main as serve_language_model
+    if getattr(handler, "serves_openai", False):  # a language model: vLLM's OpenAI server
+        from script.llm_server import main as serve_language_model
 
         return serve_language_model(spec, sys.argv[1:], fail)
     if not spec.model_uri:
