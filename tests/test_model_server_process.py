@@ -2,6 +2,7 @@
 downloaded by a child process), the trainer's serving bundle serves, and the serving process never
 imports scikit-learn, pandas or MLflow; a model that cannot be downloaded is the pod's last words."""
 
+import json
 import os
 import subprocess
 import sys
@@ -96,4 +97,6 @@ def test_a_run_that_does_not_exist_is_the_containers_last_words(mlflow_uri: str,
     assert done.returncode == 1
     words = (tmp_path / "termination-log").read_text()
     assert words.startswith("cannot load model runs:/0123456789abcdef0123456789abcdef/model: ")
-    assert "0123456789abcdef0123456789abcdef" in words.split(": ", 1)[1] and words in done.stderr
+    assert "0123456789abcdef0123456789abcdef" in words.split(": ", 1)[1]
+    last = json.loads(done.stdout.splitlines()[-1])  # the process's last line, in the log format
+    assert (last["level"], last["message"], last["taskId"]) == ("ERROR", f"error: {words}", "proc")
