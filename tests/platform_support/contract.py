@@ -7,6 +7,12 @@ SECRET_KEYS: dict[str, set[str]] = {
     # Bearer tokens of the API, `<role>:<token>` entries (app/core/auth.py).
     "mlops-api-tokens": {"tokens"},
 }
+# The Secret deploy_all_k3s.sh --with-observability adds: Grafana's admin (kubernetes/observability).
+OBSERVABILITY_SECRET_KEYS: dict[str, set[str]] = {
+    "mlops-grafana-admin": {"admin-user", "admin-password"},
+}
+# The GPU node agent's namespace (kubernetes/gpu-metrics), shared by every platform namespace.
+GPU_METRICS_NAMESPACE = "mlops-gpu-metrics"
 
 DEFAULT_REGISTRY = "localhost:5002"
 # The images the cluster runs, in the order deploy_all_k3s.sh imports them into k3s.
