@@ -20,6 +20,7 @@ run: $(STAMP)
 
 ## test: run the whole test suite
 test: $(STAMP)
+	./tests/platform_support/fetch_prometheus.sh .tools
 	$(PY) -m ruff check app models script tests benchmarks
 	$(PY) -m pytest -q
 
@@ -35,4 +36,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check app models script tests benchmarks
 
 clean:
-	rm -rf $(VENV) .mlops .pytest_cache
+	rm -rf $(VENV) .mlops .pytest_cache .tools
