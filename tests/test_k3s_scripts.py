@@ -515,7 +515,8 @@ OBSERVED = ("statefulset/prometheus", "statefulset/loki", "deployment/alloy", "d
 
 
 @pytest.fixture(scope="module")
-def observability_deploy(tmp_path_factory: pytest.TempPathFactory) -> tuple[FakeCluster, subprocess.CompletedProcess[str]]:
+def observability_deploy(
+        tmp_path_factory: pytest.TempPathFactory) -> tuple[FakeCluster, subprocess.CompletedProcess[str]]:
     """One deploy with --with-observability into an empty fake cluster, done once."""
     template = FakeCluster(tmp_path_factory.mktemp("observed") / "cluster")
     return template, ok(template.run("deploy_all_k3s.sh", "--with-observability", "--skip-build", NS))
@@ -594,7 +595,8 @@ def test_grafana_admin_secret_is_random_and_never_on_a_command_line(tmp_path: Pa
                 metadata, values = secret_data(call)
                 created[metadata["name"]] = values
                 assert metadata["labels"][PART_OF[0]] == PART_OF[1]
-        assert {secret: set(values) for secret, values in created.items()} == {**SECRET_KEYS, **OBSERVABILITY_SECRET_KEYS}
+        expected = {**SECRET_KEYS, **OBSERVABILITY_SECRET_KEYS}
+        assert {secret: set(values) for secret, values in created.items()} == expected
         grafana = created["mlops-grafana-admin"]
         assert grafana["admin-user"] == "admin"
         assert re.fullmatch(r"[0-9a-f]{40}", grafana["admin-password"]), "160 random bits, hex"
@@ -665,7 +667,8 @@ def test_gpu_metrics_namespace_stays_while_another_platform_uses_it(observed: Fa
     gpu = observed.objects(GPU_METRICS_NAMESPACE)
     assert f"rolebinding/prometheus-from-{NS}" not in gpu and f"rolebinding/prometheus-from-{other}" in gpu
     assert "daemonset/dcgm-exporter" in gpu
-    assert set(cluster_objects(observed)) == {f"{kind}/mlops-prometheus-{other}" for kind in ("clusterrole", "clusterrolebinding")}
+    assert set(cluster_objects(observed)) == {
+        f"{kind}/mlops-prometheus-{other}" for kind in ("clusterrole", "clusterrolebinding")}
     assert "statefulset/prometheus" in observed.objects(other)
 
     ok(observed.run("clear_all_k3s.sh", "-y", other))
@@ -695,8 +698,9 @@ def test_monitor_shows_traffic_per_deployment_from_prometheus(observed: FakeClus
     assert [call.option("--raw") for call in raw] == [
         f"/api/v1/namespaces/{NS}/services/http:prometheus:9090/proxy/federate?"
         + "&".join(f"match%5B%5D={series}" for series in (
-            "mlops:deployment_replicas:ready", "mlops:deployment_replicas:desired", "mlops:predict_requests:rate5m",
-            "mlops:predict_latency_seconds:p99_5m", "mlops:predict_errors_4xx:rate5m", "mlops:predict_errors_5xx:rate5m"))
+            "mlops:deployment_replicas:ready", "mlops:deployment_replicas:desired",
+            "mlops:predict_requests:rate5m", "mlops:predict_latency_seconds:p99_5m",
+            "mlops:predict_errors_4xx:rate5m", "mlops:predict_errors_5xx:rate5m"))
     ]
 
 

@@ -11,7 +11,6 @@ import ast
 import functools
 import importlib.metadata
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ from tests.platform_support.contract import (
     SECRET_KEYS,
 )
 from tests.platform_support.fake_cluster import REPO_ROOT, real_kubectl
+from tests.platform_support.renders import containers, find, pod_templates, render_observability, render_overlay
 
 DOCKERFILES = {
     "fastapi": "requirements/api.txt",
@@ -333,23 +333,6 @@ def normalize(name: str) -> str:
 
 
 @functools.cache
-def render_overlay(namespace: str, *options: str) -> list[dict[str, Any]]:
-    """What deploy_all_k3s.sh applies to `namespace` (its --render prints it)."""
-    done = subprocess.run(
-        [str(REPO_ROOT / "deploy_all_k3s.sh"), "--render", *options, namespace], capture_output=True, text=True,
-        env={**os.environ, "MLOPS_IMAGE_LOAD": "k3s", "MLOPS_REGISTRY": DEFAULT_REGISTRY}, check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-
-
-def render_observability(namespace: str) -> list[dict[str, Any]]:
-    """deploy_all_k3s.sh --with-observability: the platform and the component in `namespace`, the
-    cluster-scoped RBAC of its Prometheus, and kubernetes/gpu-metrics in its own namespace."""
-    return render_overlay(namespace, "--with-observability")
-
-
-@functools.cache
 def render_default() -> str:
     """`kubectl apply -k kubernetes/` installs this (namespace default)."""
     done = subprocess.run([real_kubectl(), "kustomize", str(REPO_ROOT / "kubernetes")],
@@ -373,22 +356,6 @@ CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 
 def namespace_of(render: str) -> str:
     return render.split(":", 1)[1]
-
-
-def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    matches = [d for d in docs if d["kind"] == kind and (d["metadata"]["name"] == name
-               or (kind == "ConfigMap" and re.fullmatch(re.escape(name) + r"-[a-z0-9]{10}", d["metadata"]["name"])))]
-    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
-    return matches[0]
-
-
-def pod_templates(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    return [(f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"])
-            for d in docs if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")]
-
-
-def containers(template: dict[str, Any]) -> list[dict[str, Any]]:
-    return template["spec"].get("initContainers", []) + template["spec"]["containers"]
 
 
 @pytest.mark.parametrize("render", RENDERS)
@@ -429,7 +396,8 @@ def test_every_object_lands_in_the_target_namespace(render: str) -> None:
     if render.startswith("observability:"):
         # Named and labelled after the namespace: one per platform, found again by clear_all_k3s.sh.
         assert cluster_scoped == [f"ClusterRole/mlops-prometheus-{namespace}",
-                                  f"ClusterRoleBinding/mlops-prometheus-{namespace}", f"Namespace/{GPU_METRICS_NAMESPACE}"]
+                                  f"ClusterRoleBinding/mlops-prometheus-{namespace}",
+                                  f"Namespace/{GPU_METRICS_NAMESPACE}"]
         for doc in docs:
             if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):
                 assert doc["metadata"]["labels"]["mlops.dev/platform-namespace"] == namespace

@@ -52,21 +52,19 @@ CLUSTER_SCOPED = {"clusterrole", "clusterrolebinding"}
 
 # What /federate answers without a real Prometheus: the recording rules monitor_all.sh reads, for
 # a deployment with traffic and one without (NaN latency, as Prometheus writes it).
-FEDERATE = """# TYPE mlops:deployment_replicas:desired untyped
-mlops:deployment_replicas:desired{instance="",job="",model_id="house-v1",namespace="mlops-test",task_id="deploy-house"} 1 1700000000000
-mlops:deployment_replicas:desired{instance="",job="",model_id="idle-v1",namespace="mlops-test",task_id="deploy-idle"} 2 1700000000000
-# TYPE mlops:deployment_replicas:ready untyped
-mlops:deployment_replicas:ready{instance="",job="",model_id="house-v1",namespace="mlops-test",task_id="deploy-house"} 1 1700000000000
-mlops:deployment_replicas:ready{instance="",job="",model_id="idle-v1",namespace="mlops-test",task_id="deploy-idle"} 0 1700000000000
-# TYPE mlops:predict_errors_4xx:rate5m untyped
-mlops:predict_errors_4xx:rate5m{instance="",job="",model_id="house-v1",namespace="mlops-test",task_id="deploy-house"} 0.25 1700000000000
-# TYPE mlops:predict_errors_5xx:rate5m untyped
-mlops:predict_errors_5xx:rate5m{instance="",job="",model_id="house-v1",namespace="mlops-test",task_id="deploy-house"} 0 1700000000000
-# TYPE mlops:predict_latency_seconds:p99_5m untyped
-mlops:predict_latency_seconds:p99_5m{instance="",job="",model_id="house-v1",namespace="mlops-test",task_id="deploy-house"} 0.0042 1700000000000
-# TYPE mlops:predict_requests:rate5m untyped
-mlops:predict_requests:rate5m{instance="",job="",model_id="house-v1",namespace="mlops-test",task_id="deploy-house"} 12.5 1700000000000
-"""
+FEDERATE_VALUES = {
+    "mlops:deployment_replicas:desired": {"deploy-house": "1", "deploy-idle": "2"},
+    "mlops:deployment_replicas:ready": {"deploy-house": "1", "deploy-idle": "0"},
+    "mlops:predict_errors_4xx:rate5m": {"deploy-house": "0.25"},
+    "mlops:predict_errors_5xx:rate5m": {"deploy-house": "0"},
+    "mlops:predict_latency_seconds:p99_5m": {"deploy-house": "0.0042", "deploy-idle": "NaN"},
+    "mlops:predict_requests:rate5m": {"deploy-house": "12.5"},
+}
+FEDERATE = "".join(
+    f"# TYPE {name} untyped\n" + "".join(
+        f'{name}{{instance="",job="",model_id="{task.split("-")[1]}-v1",namespace="mlops-test",task_id="{task}"}} '
+        f"{value} 1700000000000\n" for task, value in series.items())
+    for name, series in FEDERATE_VALUES.items())
 PROMETHEUS_PROXY = "/services/http:prometheus:9090/proxy/"
 
 # kubectl flags that take a value (as `--flag value` or `--flag=value`).

@@ -65,14 +65,15 @@ class PrometheusServer:
     def start(self) -> PrometheusServer:
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
-            [binary("prometheus"), f"--config.file={self.config_path}", f"--storage.tsdb.path={self.directory / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
+            [binary("prometheus"), f"--config.file={self.config_path}",
+             f"--storage.tsdb.path={self.directory / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
             stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"prometheus exited {self.process.returncode}: {self.log_path.read_text()[-3000:]}")
+                log = self.log_path.read_text()[-3000:]
+                raise AssertionError(f"prometheus exited {self.process.returncode}: {log}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.url + "/-/ready", timeout=1).status_code == 200:
                     return self
