@@ -6,10 +6,11 @@ import logging
 import time
 from typing import Any
 
-from app.request_ids import HEADER, request_id
+from app.metrics import RequestMetrics
+from app.request_ids import HEADER, current, request_id, task_id_of
 
 LOGGER_NAME = "mlops.access"
-LINE = '%s - "%s %s HTTP/%s" %d %.2fms requestId=%s'
+UNMATCHED = "unmatched"  # the route label of a request no route took (a 404)
 
 
 class AccessLog:
@@ -17,19 +18,27 @@ class AccessLog:
         self.enabled = enabled
         self.logger = logger or logging.getLogger(LOGGER_NAME)
 
-    def write(self, scope: dict[str, Any], status: int, seconds: float, request_id: str) -> None:
+    def write(self, scope: dict[str, Any], status: int, seconds: float, request_id: str,
+              task_id: str | None = None) -> None:
         if self.enabled and self.logger.isEnabledFor(logging.INFO):
             client = scope.get("client")
-            self.logger.info(LINE, f"{client[0]}:{client[1]}" if client else "-", scope["method"], scope["path"],
-                             scope.get("http_version", "1.1"), status, seconds * 1000, request_id)
+            method, path = scope["method"], scope["path"]
+            fields = {"requestId": request_id, "method": method, "path": path, "status": status,
+                      "durationMs": round(seconds * 1000, 3), "client": f"{client[0]}:{client[1]}" if client else None,
+                      "httpVersion": scope.get("http_version", "1.1")}
+            if task_id is not None:
+                fields["taskId"] = task_id
+            self.logger.info("%s %s %d", method, path, status, extra=fields)
 
 
 class AccessLogMiddleware:
-    """The access line and the request id of every request that is not the data plane's."""
+    """The access line, the request metrics and the request id of every request that is not the
+    data plane's."""
 
-    def __init__(self, app: Any, access_log: AccessLog):
+    def __init__(self, app: Any, access_log: AccessLog, metrics: RequestMetrics):
         self.app = app
         self.access_log = access_log
+        self.metrics = metrics
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -37,6 +46,7 @@ class AccessLogMiddleware:
         started = time.perf_counter()
         rid = request_id(next((value for name, value in scope["headers"] if name == HEADER), None))
         scope.setdefault("state", {})["request_id"] = rid
+        current.set((rid, scope))
         status = 500  # an exception before the answer began is answered 500 by the server
 
         async def send_with_id(message: dict[str, Any]) -> None:
@@ -49,4 +59,9 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            self.access_log.write(scope, status, time.perf_counter() - started, rid)
+            seconds = time.perf_counter() - started
+            self.access_log.write(scope, status, seconds, rid, task_id_of(scope))
+            # The route's template, once FastAPI's router has matched it: never the raw path, whose
+            # ids would make a time series per task.
+            route = scope.get("route")
+            self.metrics.request(getattr(route, "path", UNMATCHED), scope["method"], status, seconds)

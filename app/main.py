@@ -17,6 +17,7 @@ from app.dataplane.admission import Admission
 from app.dataplane.plane import DataPlaneRoutes
 from app.dataplane.routes import openapi_paths
 from app.errors import install_error_handlers
+from app.metrics import RequestMetrics
 from app.middleware import AuthMiddleware, BodyLimitMiddleware
 from app.profiles import load_profiles
 from app.routers import health, inference, training
@@ -91,8 +92,9 @@ def create_app(
     tracking = tracking or Tracking(settings.mlflow_uri or "")
     refs = ClusterRefs(config_map=settings.config_map_name, s3_secret=settings.s3_secret_name)
     access_log = AccessLog(settings.access_log)
+    request_metrics = RequestMetrics()
     data_plane = DataPlane(Admission(runtime.endpoints, profiles, authenticator, settings.max_predict_body_bytes),
-                           UpstreamClient(), access_log)
+                           UpstreamClient(), access_log, request_metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -121,7 +123,7 @@ def create_app(
     # data plane, outermost, admits its own calls by the same rules (app/dataplane/admission.py).
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, authenticator=authenticator)
-    app.add_middleware(AccessLogMiddleware, access_log=access_log)
+    app.add_middleware(AccessLogMiddleware, access_log=access_log, metrics=request_metrics)
     app.add_middleware(DataPlaneRoutes, plane=data_plane)
     document(app)
     app.include_router(health.router)

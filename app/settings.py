@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     # uvicorn worker processes; unset: 1 locally, one per core (at most 4) on Kubernetes.
     workers: int | None = Field(default=None, ge=1)
     log_level: str = "info"
+    # One JSON object per log line (models/logs.py); "text" for a terminal.
+    log_format: Literal["json", "text"] = "json"
     # One line per request (app/access_log.py), on by default since operators read it.
     access_log: bool = True
 

@@ -13,6 +13,7 @@ from app.dataplane import DataPlane, UpstreamClient
 from app.dataplane.admission import Admission
 from app.dataplane.plane import DataPlaneRoutes
 from app.errors import install_error_handlers
+from app.metrics import RequestMetrics
 from app.profiles import ModelProfile, load_profiles
 from app.runtime.base import EndpointCache
 from app.settings import PROJECT_ROOT
@@ -44,7 +45,8 @@ class Plane:
                  max_predict_bytes: int = 64 << 20, plain_in_flight: int = 256, access_log: AccessLog | None = None):
         self.endpoints = EndpointCache()
         self.plane = DataPlane(Admission(self.endpoints, profiles, authenticator, max_predict_bytes),
-                               UpstreamClient(plain_in_flight=plain_in_flight), access_log or AccessLog(False))
+                               UpstreamClient(plain_in_flight=plain_in_flight), access_log or AccessLog(False),
+                               RequestMetrics())
         management = FastAPI()
         install_error_handlers(management)
         self.management = management

@@ -3,12 +3,14 @@ pipelining, Connection: close, Expect: 100-continue, auth, body limits, disconne
 request ids, and one access line per call."""
 
 import io
+import json
 import logging
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -17,8 +19,10 @@ import uvicorn
 
 from app.access_log import AccessLog, AccessLogMiddleware
 from app.core.auth import Authenticator, parse_token_entries
+from app.metrics import RequestMetrics
 from app.middleware import AuthMiddleware, BodyLimitMiddleware
 from app.routers import health
+from models.logs import formatter
 from tests.dataplane_support import OPEN, Plane
 from tests.test_predict_path import CASES, case_kwargs, check_case_answers, documented_plane, model_server
 
@@ -34,7 +38,7 @@ def api(url: str, authenticator: Authenticator = OPEN, max_predict_bytes: int = 
     plane.management.include_router(health.router)
     plane.management.add_middleware(BodyLimitMiddleware, max_bytes=1 << 20)
     plane.management.add_middleware(AuthMiddleware, authenticator=authenticator)
-    plane.management.add_middleware(AccessLogMiddleware, access_log=access_log)
+    plane.management.add_middleware(AccessLogMiddleware, access_log=access_log, metrics=RequestMetrics())
     return plane
 
 
@@ -195,10 +199,11 @@ def test_shutdown_waits_for_a_predict_in_flight() -> None:
     assert result and result[0].startswith(b"HTTP/1.1 200 OK") and b"\r\nconnection: close\r\n" in result[0]
 
 
-def test_each_call_gets_a_request_id_and_one_access_line() -> None:
+def test_each_call_gets_a_request_id_and_one_json_access_line() -> None:
     stream = io.StringIO()
     logger = logging.getLogger("test.dataplane.access")
     handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter("json"))
     logger.handlers, logger.propagate = [handler], False
     logger.setLevel(logging.INFO)
     seen: list[str | None] = []
@@ -206,19 +211,24 @@ def test_each_call_gets_a_request_id_and_one_access_line() -> None:
     with model_server(seen_request_ids=seen) as upstream, \
             serve(api(upstream, access_log=AccessLog(True, logger))) as (url, _), httpx.Client(base_url=url) as client:
         mine = client.post("/api/v1/inference/ready/predict", json={"data": {"features": [[1]]}},
-                           headers={"X-Request-ID": "batch-7.row:42"})
+                           headers={"X-Request-ID": "batch-7.row:42", "Authorization": "Bearer not-logged-0000"})
         assert mine.headers["x-request-id"] == "batch-7.row:42"
         unusable = client.post("/api/v1/inference/ghost/predict", json={}, headers={"X-Request-ID": "a b"})
         assert unusable.status_code == 404 and len(unusable.headers["x-request-id"]) == 32
         health_check = client.get("/healthz")
         assert len(health_check.headers["x-request-id"]) == 32
     assert seen == ["batch-7.row:42"]  # the model server got the caller's id
-    lines = stream.getvalue().splitlines()
+    assert "not-logged" not in stream.getvalue() and "features" not in stream.getvalue()  # no token, no body
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert len(lines) == 3
-    assert '"POST /api/v1/inference/ready/predict HTTP/1.1" 200' in lines[0] and "requestId=batch-7.row:42" in lines[0]
-    assert '"POST /api/v1/inference/ghost/predict HTTP/1.1" 404' in lines[1]
-    assert f"requestId={unusable.headers['x-request-id']}" in lines[1]
-    assert '"GET /healthz HTTP/1.1" 200' in lines[2] and "ms requestId=" in lines[2]
+    first = lines[0]
+    assert {"time", "level", "logger", "message"} <= first.keys() and first["level"] == "INFO"
+    assert datetime.fromisoformat(first["time"]).utcoffset() == timedelta(0)  # RFC 3339, UTC
+    assert (first["method"], first["path"], first["status"]) == ("POST", "/api/v1/inference/ready/predict", 200)
+    assert first["requestId"] == "batch-7.row:42" and first["taskId"] == "ready" and first["durationMs"] > 0
+    assert (lines[1]["status"], lines[1]["taskId"], lines[1]["requestId"]) == (404, "ghost",
+                                                                               unusable.headers["x-request-id"])
+    assert (lines[2]["path"], lines[2]["status"]) == ("/healthz", 200) and "taskId" not in lines[2]
 
 
 def test_python_m_app_serves_with_uvicorns_own_protocol_and_our_access_log(monkeypatch: pytest.MonkeyPatch,
@@ -232,3 +242,4 @@ def test_python_m_app_serves_with_uvicorns_own_protocol_and_our_access_log(monke
     assert launcher.main() == 0
     assert "http" not in calls[0] and calls[0]["access_log"] is False
     assert calls[0]["log_config"]["loggers"]["mlops.access"]["level"] == "INFO"
+    assert calls[0]["log_config"]["formatters"]["default"] == {"()": "models.logs.formatter", "kind": "json"}

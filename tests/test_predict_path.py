@@ -395,7 +395,8 @@ def _deploy_stub(data_dir: Path) -> None:
     profile = PROFILES[PROFILE]
     spec = ServeSpec(task_id="deploy-1", model_id="model-1", model_uri="runs:/0123/model", model_profile=PROFILE,
                      handler=profile.handler)
-    request = {"taskId": "deploy-1"}
+    request = {"taskId": "deploy-1", "modelId": "model-1", "mlflowRunId": "0123", "modelProfile": PROFILE,
+               "useGpu": False, "replicas": 1}
     deployment = inference_deployment(spec, profile, False, 1, request)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     container["command"], container["args"] = ["python", "-c", STUB_MODEL_SERVER], []

@@ -147,6 +147,7 @@ class DeploymentService:
             model_profile=request["modelProfile"],
             use_gpu=request.get("useGpu", False),
             replicas=request.get("replicas", 1),
+            ready_replicas=state.ready_replicas or 0,
             status=DeploymentStatus(state.phase),
             message=state.message,
             service_name=inference_name(request["modelId"]),

@@ -14,8 +14,9 @@ from app.dataplane.calls import Call, CallObserver
 from app.dataplane.routes import Kind, Match, match
 from app.dataplane.upstream import Answer, StreamedAnswer, UpstreamClient, UpstreamFailure, api_error
 from app.errors import MlopsError, PayloadTooLarge, send_error
+from app.metrics import RequestMetrics
 from app.request_ids import HEADER as REQUEST_ID
-from app.request_ids import request_id
+from app.request_ids import current, request_id
 from app.runtime.base import Endpoint
 
 Scope = dict[str, Any]
@@ -53,11 +54,12 @@ async def read_body(receive: Any, limit: int) -> bytes:
 
 
 class DataPlane:
-    def __init__(self, admission: Admission, upstream: UpstreamClient, access_log: AccessLog):
+    def __init__(self, admission: Admission, upstream: UpstreamClient, access_log: AccessLog,
+                 metrics: RequestMetrics):
         self.admission = admission
         self.endpoints = admission.endpoints
         self.upstream = upstream
-        self.calls = CallObserver(access_log)
+        self.calls = CallObserver(access_log, metrics)
 
     async def close(self) -> None:
         await self.upstream.close()
@@ -80,7 +82,9 @@ class DataPlane:
                 authorization = value.decode("latin-1")
             elif name == REQUEST_ID:
                 sent_id = value
-        call = Call(found.task_id, scope, request_id(sent_id), time.perf_counter())
+        call = Call(found.task_id, found.route, scope, request_id(sent_id), time.perf_counter())
+        scope["path_params"] = {"task_id": found.task_id}
+        current.set((call.request_id, scope))  # for any log line written while it is served
         id_header = (REQUEST_ID, call.request_id.encode())
         try:
             if found.route is None:
@@ -90,23 +94,23 @@ class DataPlane:
                                              scope["method"], scope["path"])
             body = await read_body(receive, admitted.body_limit)
             endpoint = self.choose_upstream(admitted)
-            call.upstream = endpoint.base_url
+            call.upstream, call.model_id = endpoint.base_url, endpoint.model_id or ""
             headers = {"content-type": content_type, "x-request-id": call.request_id}
             if found.route.kind is Kind.OPENAI:
                 await self._pass_through(call, endpoint, found.route.upstream_path, body, headers, admitted, receive,
                                          send, id_header)
                 return
             if admitted.language_model:
-                route, body = language.openai_request(body, endpoint.served_model or endpoint.task_id)
+                route, body = language.openai_request(body, endpoint.model_id or endpoint.task_id)
                 headers["content-type"] = JSON
             else:
                 route = found.route.upstream_path
             try:
                 answer = await self.upstream.send(endpoint, "POST", route, body, headers, admitted.timeout)
             except UpstreamFailure as failure:
-                raise api_error(call.task_id, self.endpoints, failure, timeout=admitted.timeout) from None
+                raise self._failed(call, failure=failure, timeout=admitted.timeout) from None
             if answer.status >= 500:
-                raise api_error(call.task_id, self.endpoints, answer=answer)
+                raise self._failed(call, answer=answer)
             payload, answer_type = answer.body, answer.content_type
             if admitted.language_model and answer.status == 200:
                 payload, answer_type = language.predictions(call.task_id, payload, "chat" in route), JSON
@@ -123,6 +127,11 @@ class DataPlane:
         finally:
             self.calls.observe(call)
 
+    def _failed(self, call: Call, failure: UpstreamFailure | None = None, answer: Answer | None = None,
+                timeout: float | None = None) -> MlopsError:
+        error, call.failure = api_error(call.task_id, self.endpoints, failure, answer, timeout)
+        return error
+
     async def _pass_through(self, call: Call, endpoint: Endpoint, path: str, body: bytes, headers: dict[str, str],
                             admitted: Admitted, receive: Any, send: Any, id_header: tuple[bytes, bytes]) -> None:
         """An OpenAI route: the model server's answer, chunk by chunk as it arrives (server-sent
@@ -133,8 +142,7 @@ class DataPlane:
             async with self.upstream.stream(endpoint, method, path, body, headers, admitted.timeout) as answer:
                 if answer.status >= 500:
                     text = b"".join([chunk async for chunk in answer.chunks])
-                    raise api_error(call.task_id, self.endpoints,
-                                    answer=Answer(answer.status, text, answer.content_type))
+                    raise self._failed(call, answer=Answer(answer.status, text, answer.content_type))
                 call.status = answer.status
                 head = [(b"content-type", answer.content_type.encode("latin-1")), id_header]
                 if "event-stream" in answer.content_type:
@@ -145,9 +153,9 @@ class DataPlane:
                     return
         except UpstreamFailure as failure:
             if call.status:  # the answer had begun: end the connection without completing it
-                call.outcome = f"the model server broke the answer: {failure.detail}"
+                call.outcome, call.failure = f"the model server broke the answer: {failure.detail}", "broken"
                 return
-            raise api_error(call.task_id, self.endpoints, failure, timeout=admitted.timeout) from None
+            raise self._failed(call, failure=failure, timeout=admitted.timeout) from None
         await send({"type": "http.response.body", "body": b""})
 
 

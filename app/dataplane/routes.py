@@ -26,6 +26,15 @@ class Route:
     kind: Kind
     upstream_path: str  # on the model server
 
+    @property
+    def template(self) -> str:
+        return f"{PREFIX}{{task_id}}{self.suffix}"
+
+    @property
+    def name(self) -> str:
+        """The route's name in metrics: predict, chat/completions, completions, models."""
+        return self.suffix.removeprefix("/v1").strip("/")
+
 
 ROUTES = (
     Route("POST", "/predict", Kind.PREDICT, "/predict"),

@@ -169,19 +169,25 @@ class UpstreamClient:
                                  chunks())
 
 
+# How each failure is named in metrics (mlops_upstream_failures_total's `reason`).
+REASONS = {Failure.UNREACHABLE: "refused", Failure.TIMEOUT: "timeout", Failure.BROKEN: "broken"}
+SERVER_ERROR = "server_error"
+
+
 def api_error(task_id: str, endpoints: EndpointCache, failure: UpstreamFailure | None = None,
-              answer: Answer | None = None, timeout: float | None = None) -> MlopsError:
-    """What the API answers instead of the model server: 502 for a 5xx or a broken answer, 503
-    with Retry-After for a server that cannot be reached (the endpoint leaves rotation until its
-    next successful probe or watch event), 504 for one too slow."""
+              answer: Answer | None = None, timeout: float | None = None) -> tuple[MlopsError, str]:
+    """What the API answers instead of the model server, and the failure's reason: 502 for a 5xx
+    or a broken answer, 503 with Retry-After for a server that cannot be reached (the endpoint
+    leaves rotation until its next successful probe or watch event), 504 for one too slow."""
     if answer is not None:
         text = answer.body[:500].decode(errors="replace")
-        return UpstreamError(f"model server of '{task_id}' answered {answer.status}: {text}")
+        return UpstreamError(f"model server of '{task_id}' answered {answer.status}: {text}"), SERVER_ERROR
     assert failure is not None
+    reason = REASONS[failure.failure]
     if failure.failure is Failure.TIMEOUT:
         within = f" within {timeout:g} s" if timeout is not None else " in time"
-        return UpstreamTimeout(f"model server of '{task_id}' did not answer{within}")
+        return UpstreamTimeout(f"model server of '{task_id}' did not answer{within}"), reason
     if failure.failure is Failure.UNREACHABLE:
         endpoints.mark_unready(task_id, f"model server unreachable: {failure.detail}")
-        return NotReady(f"deployment '{task_id}' is not reachable right now; retry shortly")
-    return UpstreamError(f"model server of '{task_id}' failed: {failure.detail}")
+        return NotReady(f"deployment '{task_id}' is not reachable right now; retry shortly"), reason
+    return UpstreamError(f"model server of '{task_id}' failed: {failure.detail}"), reason

@@ -1,6 +1,10 @@
-"""Liveness and readiness of the control plane itself."""
+"""Liveness, readiness and metrics of the control plane itself."""
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+
+from app.core.blocking import run_blocking
+from app.metrics import CONTENT_TYPE, exposition
+from app.state_metrics import state_families
 
 router = APIRouter(tags=["health"])
 
@@ -14,3 +18,10 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> dict[str, object]:
     state = request.app.state
     return {"status": "ok", "runtime": state.settings.runtime.value, "profiles": sorted(state.profiles)}
+
+
+@router.get("/metrics", summary="Prometheus metrics of the control plane (text format)",
+            response_class=Response, responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}})
+async def metrics(request: Request) -> Response:
+    families = await state_families(request.app.state.runtime)
+    return Response(await run_blocking(exposition, families), media_type=CONTENT_TYPE)

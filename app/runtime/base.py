@@ -20,6 +20,8 @@ class WorkloadState:
     completion_time: datetime | None = None
     # Identity of this incarnation of the task (a re-created task gets a new one).
     uid: str = ""
+    # Inference: model-server replicas passing their readiness probe now.
+    ready_replicas: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -55,8 +57,9 @@ class Endpoint:
     headers: Mapping[str, str] = field(default_factory=dict, hash=False)
     # TLS for an https base_url (the cluster's CA, a client certificate); None: the system defaults.
     tls: Tls | None = None
-    # The name the model server serves its model under (a language model's OpenAI `model`).
-    served_model: str | None = None
+    # The deployment's modelId: the name its model server serves the model under (a language
+    # model's OpenAI `model`), and a label of its metrics.
+    model_id: str | None = None
 
 
 class EndpointCache:

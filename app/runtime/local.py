@@ -22,6 +22,7 @@ import urllib.request
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,14 @@ from typing import Any
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import RequestError
 
-from app.core.manifests import KIND_INFERENCE, KIND_TRAINING, LABEL_PROFILE, READINESS_PATH, request_of
+from app.core.manifests import (
+    KIND_INFERENCE,
+    KIND_TRAINING,
+    LABEL_MODEL_ID,
+    LABEL_PROFILE,
+    READINESS_PATH,
+    request_of,
+)
 from app.runtime.base import AlreadyExists, Endpoint, EndpointCache, WorkloadState
 from app.runtime.local_supervisor import GRACE_SECONDS, write_json_atomic
 from app.schemas.inference import DeploymentStatus
@@ -291,6 +299,8 @@ class LocalRuntime:
             # Another API worker may have seen it ready first: ask the server now, not at the next probe.
             endpoint = self._probe_now(endpoint)
         restarts = status.get("restarts", 0)
+        # The local runtime runs one model-server process per deployment.
+        state.ready_replicas = 1 if endpoint is not None and endpoint.ready else 0
         if endpoint is not None and endpoint.ready:
             state.phase = DeploymentStatus.READY
             state.message = endpoint.message
@@ -429,12 +439,13 @@ class LocalRuntime:
 
     def _put_endpoint(self, task_id: str, record: dict[str, Any], ready: bool, message: str | None = None) -> None:
         deployment = record["manifests"][0]
-        profile = deployment["metadata"]["labels"].get(LABEL_PROFILE, "")
+        labels = deployment["metadata"]["labels"]
+        profile = labels.get(LABEL_PROFILE, "")
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         probe = container.get("readinessProbe", {}).get("httpGet", {})
         self._readiness_paths[task_id] = probe.get("path", READINESS_PATH)
         url = f"http://127.0.0.1:{record['port']}"
-        self.endpoints.put(Endpoint(task_id, url, ready, profile, message))
+        self.endpoints.put(Endpoint(task_id, url, ready, profile, message, model_id=labels.get(LABEL_MODEL_ID)))
 
     def reconcile(self) -> None:
         """Bring the endpoint cache in line with the data directory; restart dead model servers."""
@@ -478,7 +489,7 @@ class LocalRuntime:
         except (OSError, ValueError):
             return endpoint
         detail = body.get("detail") if isinstance(body, dict) else None
-        ready = Endpoint(endpoint.task_id, endpoint.base_url, True, endpoint.profile, detail)
+        ready = replace(endpoint, ready=True, message=detail)
         self.endpoints.put(ready)
         return ready
 
@@ -506,7 +517,7 @@ class LocalRuntime:
         # Only the entry that was probed may be replaced: a status read's own probe (or a proxy
         # error) may have changed it meanwhile, and a stale answer must not undo that.
         if self.endpoints.get(endpoint.task_id) is endpoint:
-            self.endpoints.put(Endpoint(endpoint.task_id, endpoint.base_url, ready, endpoint.profile, message))
+            self.endpoints.put(replace(endpoint, ready=ready, message=message))
 
     async def probe_all(self) -> None:
         now = time.monotonic()

@@ -17,7 +17,7 @@ from typing import Any
 
 from kubernetes import watch
 
-from app.core.manifests import KIND_INFERENCE, LABEL_PROFILE, LABEL_TASK_ID, task_selector
+from app.core.manifests import KIND_INFERENCE, LABEL_MODEL_ID, LABEL_PROFILE, LABEL_TASK_ID, task_selector
 from app.runtime.base import Endpoint, EndpointCache
 from app.runtime.kubernetes.api import DEPLOYMENTS, SERVICES, ClusterApi, Resource, WatchExpired, raw_watch
 from app.runtime.kubernetes.routes import ServiceRoute
@@ -217,7 +217,8 @@ class EndpointWatch:
         source = service or deployment
         if source is None:
             return None
-        profile = (source["metadata"].get("labels") or {}).get(LABEL_PROFILE, "")
+        labels = source["metadata"].get("labels") or {}
+        profile = labels.get(LABEL_PROFILE, "")
         target = self.route.target(_name(source))
         message: str | None
         if deployment is None:
@@ -227,7 +228,8 @@ class EndpointWatch:
         else:
             phase, message = inference_phase(deployment, [])
             ready = phase == DeploymentStatus.READY
-        return Endpoint(task_id, target.base_url, ready, profile, message, target.headers, target.tls)
+        return Endpoint(task_id, target.base_url, ready, profile, message, target.headers, target.tls,
+                        labels.get(LABEL_MODEL_ID))
 
     def _publish(self, changes: EndpointChanges) -> None:
         if not changes:
