@@ -55,6 +55,7 @@ class PrometheusServer:
 
     def __init__(self, config: dict[str, Any], directory: Path, port: int) -> None:
         self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.config_path = directory / "prometheus.yml"
@@ -107,3 +108,36 @@ def running(config: dict[str, Any], directory: Path, port: int) -> Iterator[Prom
         yield server
     finally:
         server.stop()
+
+
+def sanitized(key: str) -> str:
+    """A label or annotation key as Kubernetes discovery writes it into a label name."""
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in key)
+
+
+def pod_target_group(template: dict[str, Any], namespace: str, pod: str, annotations: dict[str, str],
+                     ) -> dict[str, Any]:
+    """The target Prometheus' Kubernetes pod discovery makes of a running pod of `template` (its
+    first container's first port), at 127.0.0.1 for a process of this machine: for file_sd, so
+    that the configuration's relabelling runs on what a cluster would give it. `annotations`
+    replace the template's where the process differs from the pod (its port)."""
+    container = template["spec"]["containers"][0]
+    port = container["ports"][0]
+    labels = {
+        "__address__": f"127.0.0.1:{port['containerPort']}",
+        "__meta_kubernetes_namespace": namespace,
+        "__meta_kubernetes_pod_name": pod,
+        "__meta_kubernetes_pod_ip": "127.0.0.1",
+        "__meta_kubernetes_pod_phase": "Running",
+        "__meta_kubernetes_pod_ready": "true",
+        "__meta_kubernetes_pod_container_name": container["name"],
+        "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
+        "__meta_kubernetes_pod_container_port_number": str(port["containerPort"]),
+    }
+    for key, value in template["metadata"].get("labels", {}).items():
+        labels[f"__meta_kubernetes_pod_label_{sanitized(key)}"] = value
+        labels[f"__meta_kubernetes_pod_labelpresent_{sanitized(key)}"] = "true"
+    for key, value in {**template["metadata"].get("annotations", {}), **annotations}.items():
+        labels[f"__meta_kubernetes_pod_annotation_{sanitized(key)}"] = value
+        labels[f"__meta_kubernetes_pod_annotationpresent_{sanitized(key)}"] = "true"
+    return {"targets": [labels.pop("__address__")], "labels": labels}
