@@ -251,6 +251,14 @@ def test_each_scrape_job_discovers_what_it_should() -> None:
     assert dcgm["honor_labels"] is True
 
 
+def test_the_control_plane_pod_asks_to_be_scraped_on_its_port() -> None:
+    template, container = workload("Deployment", "fastapi-mlops-api")
+    annotations = template["metadata"]["annotations"]
+    scrape, port, path = SCRAPE_ANNOTATIONS
+    assert annotations[scrape] == "true" and annotations[path] == "/metrics"
+    assert [int(annotations[port])] == [p["containerPort"] for p in container["ports"]]
+
+
 def test_prometheus_keeps_its_data_on_its_claim() -> None:
     _, container = workload("StatefulSet", "prometheus")
     data = flag(container["args"], "--storage.tsdb.path")
