@@ -6,6 +6,7 @@ shippers and Loki read them. MLOPS_LOG_FORMAT=text gives a readable line for a t
 Fields are passed with `extra=`; a field is never a token, a secret or a request body.
 """
 
+import io
 import logging
 import os
 import sys
@@ -49,15 +50,46 @@ def formatter(kind: str | None = None) -> logging.Formatter:
 
 
 def configure(level: str = "INFO", kind: str | None = None, **fields: Any) -> None:
-    """A workload's logging: one handler on stdout for every logger. `fields` (e.g. taskId) are
-    added to each of its lines."""
-    handler = logging.StreamHandler(sys.stdout)
+    """A workload's logging: one handler on stdout for every logger, and what libraries print
+    (MLflow's run links, a traceback) turned into lines of the same format. `fields` (e.g. taskId)
+    are added to each line."""
+    # MLflow gives its loggers a handler of its own when imported, unless told not to: its lines
+    # then reach ours, in the same format.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    handler = logging.StreamHandler(sys.__stdout__)
     handler.setFormatter(formatter(kind))
     if fields:
         handler.addFilter(StaticFields(fields))
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
+    sys.stdout = LineLogger(logging.getLogger("stdout"), logging.INFO)
+    sys.stderr = LineLogger(logging.getLogger("stderr"), logging.WARNING)
+
+
+class LineLogger(io.TextIOBase):
+    """A text stream whose every line becomes a log record, for code that prints."""
+
+    def __init__(self, logger: logging.Logger, level: int):
+        self.logger = logger
+        self.level = level
+        self.pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        lines = (self.pending + text).split("\n")
+        self.pending = lines.pop()
+        for line in lines:
+            if line.strip():
+                self.logger.log(self.level, line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending.strip():
+            self.logger.log(self.level, self.pending.rstrip())
+        self.pending = ""
 
 
 class StaticFields(logging.Filter):
@@ -71,3 +103,8 @@ class StaticFields(logging.Filter):
         for name, value in self.fields.items():
             record.__dict__.setdefault(name, value)
         return True
+
+
+def event(message: str, **fields: Any) -> None:
+    """A line of a training's progress (an epoch, a result), with its figures as fields."""
+    logging.getLogger("mlops.trainer").info(message, extra=fields)

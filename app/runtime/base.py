@@ -33,6 +33,11 @@ class AlreadyExists(Exception):
         self.existing = existing
 
 
+class LogGone(Exception):
+    """The task has ended and the runtime keeps no log of it any more (its pods were removed).
+    The message says what the runtime knows instead."""
+
+
 @dataclass(frozen=True)
 class Tls:
     """How to trust an https model server (or the API server in front of it): PEM bytes, as the
@@ -107,6 +112,8 @@ class Runtime(Protocol):
 
     def delete(self, kind: str, task_id: str) -> bool: ...
 
-    def read_logs(self, kind: str, task_id: str, tail: int | None) -> str: ...
+    def read_logs(self, kind: str, task_id: str, tail: int | None) -> str:
+        """The task's container output; raises LogGone for an ended task whose pods are gone."""
+        ...
 
     def follow_logs(self, kind: str, task_id: str, tail: int | None) -> AsyncIterator[bytes]: ...

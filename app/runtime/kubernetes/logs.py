@@ -12,7 +12,7 @@ from typing import Any
 
 from kubernetes import watch
 
-from app.runtime.base import WorkloadState
+from app.runtime.base import LogGone, WorkloadState
 from app.runtime.kubernetes.api import PODS, ClusterApi, LogNotAvailable, WatchExpired, raw_watch
 from app.runtime.kubernetes.status import container_started, newest, not_started_reason
 from app.schemas.inference import DeploymentStatus
@@ -47,7 +47,10 @@ def read_task_log(api: ClusterApi, labels: dict[str, str], tail: int | None, tas
     pods, _ = api.list(PODS, labels)
     pod = newest(pods)
     if pod is None:
-        return _without_pod(task_state)[0]
+        text, may_come = _without_pod(task_state)
+        if not may_come:
+            raise LogGone(text.strip())
+        return text
     if not container_started(pod):
         return not_started(not_started_reason(pod))
     try:
