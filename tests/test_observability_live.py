@@ -39,18 +39,25 @@ from tests.test_observability_assets import dashboard, metric_names, substitute,
 NS = "mlops-obs"
 DASHBOARDS = sorted((OBSERVABILITY / "dashboards").glob("*.json"))
 # Series that come from elsewhere than the API: GPUs (DCGM), vLLM, the kubelet and cAdvisor, and
-# the model servers' own metrics. Off a cluster, without a GPU or a language model, they are empty.
+# the model servers' own metrics. Off a cluster, without a GPU or a language model, they are empty;
+# the model servers' are too until script/serve.py serves /metrics and its pods carry the scrape
+# annotations (the metrics contract): their target is given below and is kept then.
 ELSEWHERE = re.compile(r"DCGM_FI_|vllm:|container_|kubelet_|model_infer_|model_info")
 
 
-def scrape_config(api_port: int, directory: Path) -> dict[str, Any]:
+def scrape_config(api_port: int, data_dir: Path, directory: Path) -> dict[str, Any]:
     """The repository's configuration with its mlops-pods job fed by file_sd: the API's pod as
-    the platform deploys it (kubernetes/base), at this machine's API process."""
+    the platform deploys it (kubernetes/base) and the model server's pod as the control plane made
+    it (the Deployment the local runtime runs), at this machine's processes."""
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "mlops-pods"]
     api = find(render_overlay(NS), "Deployment", "fastapi-mlops-api")["spec"]["template"]
-    group = pod_target_group(api, NS, "fastapi-mlops-api-7d9f8-abcde", {"prometheus.io/port": str(api_port)})
-    (directory / "pods.json").write_text(json.dumps([group]))
+    served = json.loads((data_dir / "tasks" / "inference" / "deploy-obs" / "task.json").read_text())
+    model_server = served["manifests"][0]["spec"]["template"]
+    groups = [pod_target_group(api, NS, "fastapi-mlops-api-7d9f8-abcde", {"prometheus.io/port": str(api_port)}),
+              pod_target_group(model_server, NS, "inference-observed-v1-5c6d7-fghij",
+                               {"prometheus.io/port": str(served["port"])})]
+    (directory / "pods.json").write_text(json.dumps(groups))
     del job["kubernetes_sd_configs"]
     job["file_sd_configs"] = [{"files": [str(directory / "pods.json")], "refresh_interval": "1s"}]
     job["scrape_interval"] = "1s"
@@ -92,15 +99,20 @@ def test_prometheus_scrapes_the_api_and_answers_the_dashboards_and_rules(
         features = {"data": {"features": [[0.1 * i for i in range(8)]]}}
         wrong = {"data": {"features": [[1.0]]}}  # one feature where the model takes eight: 422
 
-        with running(scrape_config(api.port, tmp_path), tmp_path / "prometheus", prometheus_port) as prometheus:
-            # The API is found through the relabelling and carries the pod's labels.
+        config = scrape_config(api.port, api.data_dir, tmp_path)
+        with running(config, tmp_path / "prometheus", prometheus_port) as prometheus:
+            # The API is found through the relabelling and carries the pod's labels; every target
+            # the relabelling keeps is scraped.
             def api_target() -> dict | None:
                 active = prometheus.api("targets")["activeTargets"]
-                return next((t for t in active if t["health"] == "up"), None)
+                return next((t for t in active if t["labels"].get("app") == "fastapi-mlops-api"
+                             and t["health"] == "up"), None)
 
             target = wait_until(api_target, timeout=60, what="Prometheus to scrape the API")
-            assert target["labels"]["namespace"] == NS and target["labels"]["app"] == "fastapi-mlops-api"
+            assert target["labels"]["namespace"] == NS and target["labels"]["pod"].startswith("fastapi-mlops-api-")
             assert target["scrapeUrl"] == f"http://127.0.0.1:{api.port}/metrics"
+            for kept in prometheus.api("targets")["activeTargets"]:
+                assert kept["health"] == "up", kept
 
             # Predicts, and some refused ones, while the rate windows fill: a rate sees what
             # happens between two scrapes.
