@@ -90,7 +90,7 @@ def deploy(cluster: FakeCluster, *args: str, **env: str) -> list[Call]:
 # ----------------------------------------------------------------------------- shellcheck
 
 
-@pytest.mark.parametrize("script", (*SCRIPTS, "kubernetes/k3s-common.sh"))
+@pytest.mark.parametrize("script", (*SCRIPTS, "kubernetes/k3s-common.sh", "tests/platform_support/fetch_prometheus.sh"))
 def test_script_is_shellcheck_clean(script: str) -> None:
     shellcheck = Path(sys.executable).with_name("shellcheck")
     binary = str(shellcheck) if shellcheck.exists() else shutil.which("shellcheck")
