@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.platform_support.contract import API_METRICS
+from tests.platform_support.contract import API_METRICS, MODEL_SERVER_METRICS
 from tests.platform_support.fake_cluster import FakeCluster
 from tests.platform_support.prometheus import (
     OBSERVABILITY,
@@ -111,8 +111,9 @@ def test_prometheus_scrapes_the_api_and_answers_the_dashboards_and_rules(
             target = wait_until(api_target, timeout=60, what="Prometheus to scrape the API")
             assert target["labels"]["namespace"] == NS and target["labels"]["pod"].startswith("fastapi-mlops-api-")
             assert target["scrapeUrl"] == f"http://127.0.0.1:{api.port}/metrics"
-            for kept in prometheus.api("targets")["activeTargets"]:
-                assert kept["health"] == "up", kept
+            wait_until(lambda: all(kept["health"] == "up" for kept in prometheus.api("targets")["activeTargets"]),
+                       timeout=30, what="every target the relabelling keeps to be scraped")
+            assert len(prometheus.api("targets")["activeTargets"]) == 2  # the API and the model server
 
             # Predicts, and some refused ones, while the rate windows fill: a rate sees what
             # happens between two scrapes.
@@ -155,7 +156,8 @@ def check_recording_rules(prometheus) -> None:
 
 
 def check_dashboards(prometheus) -> None:
-    """Every query over the API's metrics answers with data; the others are named in ELSEWHERE."""
+    """Every query over the API's and the model server's metrics answers with data; the others are
+    named in ELSEWHERE."""
     asked = 0
     for path in DASHBOARDS:
         board = dashboard(path)
@@ -164,7 +166,8 @@ def check_dashboards(prometheus) -> None:
             if any(ELSEWHERE.match(name) for name in names):
                 continue
             assert names and all(name.startswith("mlops:") or name.removesuffix("_bucket").removesuffix("_sum")
-                                 .removesuffix("_count") in API_METRICS or name == "up" for name in names), expr
+                                 .removesuffix("_count") in API_METRICS | MODEL_SERVER_METRICS or name == "up"
+                                 for name in names), expr
             result = prometheus.query(substitute(expr, board))
             assert result, f"{path.name}: {title}: no data for {expr}"
             assert not all(math.isnan(float(sample["value"][1])) for sample in result), f"{path.name}: {title}"
