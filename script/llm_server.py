@@ -134,7 +134,7 @@ def run_server(command: list[str]) -> tuple[int, deque[str]]:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, hand_on)
     assert child.stdout is not None
-    out = sys.stdout.buffer
+    out = sys.__stdout__.buffer  # the process's own stdout: vLLM's lines as vLLM writes them
     for raw in child.stdout:
         out.write(raw)
         out.flush()

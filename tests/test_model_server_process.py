@@ -30,8 +30,13 @@ def forest_run(mlflow_uri: str) -> tuple[str, TabularData]:
     data = TabularData(x, 20 * np.sin(x[:, 0]) + x[:, 1] * x[:, 2], ["a", "b", "c", "d"], "y")
     mlflow.set_tracking_uri(mlflow_uri)
     mlflow.set_experiment("model-server-process")
-    with mlflow.start_run() as run:
-        SklearnRegressorHandler().train(data, TrainContext({"estimator": "random_forest", "nEstimators": 10}, "cpu"))
+    try:
+        with mlflow.start_run() as run:
+            SklearnRegressorHandler().train(data, TrainContext({"estimator": "random_forest", "nEstimators": 10},
+                                                               "cpu"))
+    finally:
+        # set_experiment also sets MLFLOW_EXPERIMENT_ID for child processes: not for the other tests'.
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     return run.info.run_id, data
 
 
