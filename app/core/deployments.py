@@ -8,12 +8,22 @@ from app.core.blocking import run_blocking
 from app.core.manifests import KIND_INFERENCE, ClusterRefs, inference_deployment, inference_service
 from app.core.names import id_problem, inference_name
 from app.core.requests import check_same_request
+from app.core.revisions import Rollout, first_rollout, revision_states, rollout_of_state
 from app.core.tracking import Tracking
 from app.core.training import find_profile
 from app.errors import Forbidden, InvalidSpec, TaskConflict, TaskNotFound
 from app.profiles import ModelProfile
 from app.runtime.base import AlreadyExists, LogGone, Runtime, WorkloadState
-from app.schemas.inference import DeploymentStatus, DeploymentTask, DeployRequest
+from app.schemas.inference import (
+    DeploymentStatus,
+    DeploymentTask,
+    DeploymentUpdate,
+    DeployRequest,
+    ModelChoice,
+    RevisionList,
+    RollbackRequest,
+    ServedModel,
+)
 from models.spec import MODEL_ARTIFACT_PATH, ServeSpec
 
 log = logging.getLogger("mlops.deployments")
@@ -34,78 +44,126 @@ class DeploymentService:
         self.tracking = tracking
         self.refs = refs
 
-    def plan(self, request: DeployRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        profile = find_profile(self.profiles, request.model_profile)
+    def _serving_profile(self, name: str) -> ModelProfile:
+        profile = find_profile(self.profiles, name)
         if profile.inference is None:
             servers = ", ".join(sorted(n for n, p in self.profiles.items() if p.inference is not None))
             raise InvalidSpec(f"profile '{profile.name}' only trains; deploy with one of: {servers}",
                               field="modelProfile")
-        self._check_model_source(request, profile)
-        replicas = request.replicas or profile.inference.replicas
+        return profile
+
+    def _manifests(self, request: dict[str, Any], profile: ModelProfile, rollout: Rollout) -> list[dict[str, Any]]:
+        """The Deployment and Service of the newest revision of `rollout`."""
+        assert profile.inference is not None
+        model = rollout.newest.model
+        if model.model_name and model.model_version:
+            model_uri = f"models:/{model.model_name}/{model.model_version}"
+        elif model.mlflow_run_id:
+            model_uri = f"runs:/{model.mlflow_run_id}/{MODEL_ARTIFACT_PATH}"
+        else:
+            model_uri = None
         llm = profile.llm
         spec = ServeSpec(
-            task_id=request.task_id,
-            model_id=request.model_id,
-            model_uri=f"runs:/{request.mlflow_run_id}/{MODEL_ARTIFACT_PATH}" if request.mlflow_run_id else None,
-            model_reference=request.model_reference,
+            task_id=request["taskId"],
+            model_id=request["modelId"],
+            model_uri=model_uri,
+            model_reference=model.model_reference,
             model_profile=profile.name,
             handler=profile.handler,
             max_rows=profile.inference.max_rows,
             max_request_bytes=profile.inference.max_request_bytes,
-            use_gpu=request.use_gpu,
-            served_model_name=request.model_id if llm else None,
+            use_gpu=request.get("useGpu", False),
+            served_model_name=request["modelId"] if llm else None,
             model_cache_dir=llm.model_cache.mount_path if llm else None,
         )
-        normalized = request.model_dump(by_alias=True) | {"replicas": replicas}
-        return normalized, [
-            inference_deployment(spec, profile, request.use_gpu, replicas, normalized, self.refs),
-            inference_service(spec, profile, normalized),
+        use_gpu = request.get("useGpu", False)
+        return [
+            inference_deployment(spec, profile, use_gpu, rollout.replicas, request, self.refs, rollout.as_annotation()),
+            inference_service(spec, profile, request),
         ]
 
-    def _check_model_source(self, request: DeployRequest, profile: ModelProfile) -> None:
-        if (request.mlflow_run_id is None) == (request.model_reference is None):
-            raise InvalidSpec("give exactly one of mlflowRunId or modelReference", field="mlflowRunId")
-        reference = request.model_reference
-        if reference is None:
-            return
+    async def plan(self, request: DeployRequest, check_runs: bool = True
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The request as it is kept (for the idempotency rule) and the objects it makes. A dry run
+        skips asking MLflow about a run (a registered model's alias is still resolved)."""
+        profile = self._serving_profile(request.model_profile)
+        model = await self.resolve(request, profile, check_runs=check_runs)
+        replicas = request.replicas or profile.inference.replicas  # type: ignore[union-attr]
+        normalized = request.model_dump(by_alias=True) | {"replicas": replicas}
+        return normalized, self._manifests(normalized, profile, first_rollout(model, replicas))
+
+    async def resolve(self, choice: ModelChoice, profile: ModelProfile, check_runs: bool = True) -> ServedModel:
+        """The model `choice` names, checked and resolved (a registry alias becomes its version)."""
+        sources = [name for name, value in (("mlflowRunId", choice.mlflow_run_id), ("modelName", choice.model_name),
+                                           ("modelReference", choice.model_reference)) if value is not None]
+        if len(sources) != 1:
+            raise InvalidSpec("give exactly one of mlflowRunId, modelName (with modelVersion or modelAlias) or "
+                              "modelReference", field=sources[1] if sources[1:] else "mlflowRunId")
+        if choice.model_name is None and (choice.model_version or choice.model_alias):
+            raise InvalidSpec("modelVersion and modelAlias name a version of modelName; give modelName",
+                              field="modelName")
+        if choice.model_reference is not None:
+            self._check_reference(choice.model_reference, profile)
+            return ServedModel(model_reference=choice.model_reference)
+        if choice.mlflow_run_id is not None:
+            if check_runs:
+                await self.check_run(choice.mlflow_run_id, profile)
+            return ServedModel(mlflow_run_id=choice.mlflow_run_id)
+        assert choice.model_name is not None
+        if (choice.model_version is None) == (choice.model_alias is None):
+            raise InvalidSpec("give exactly one of modelVersion or modelAlias with modelName",
+                              field="modelVersion")
+        found = await run_blocking(self.tracking.model_version, choice.model_name, choice.model_version,
+                                   choice.model_alias)
+        if found is None:
+            which = (f"version {choice.model_version}" if choice.model_version
+                     else f"a version with the alias '{choice.model_alias}'")
+            raise TaskNotFound(f"registered model '{choice.model_name}' has no {which}",
+                               field="modelVersion" if choice.model_version else "modelAlias")
+        if found.run_id and check_runs:
+            await self.check_run(found.run_id, profile, field="modelName")
+        return ServedModel(mlflow_run_id=found.run_id, model_name=found.name, model_version=found.version,
+                           model_alias=choice.model_alias)
+
+    def _check_reference(self, reference: str, profile: ModelProfile) -> None:
         if profile.llm is None:
             raise InvalidSpec(f"modelReference is only for language-model profiles; profile '{profile.name}' "
-                              f"deploys an MLflow run (mlflowRunId)", field="modelReference")
+                              f"deploys an MLflow run (mlflowRunId) or a registered model (modelName)",
+                              field="modelReference")
         local_dir = self.runtime.allows_local_paths and Path(reference).expanduser().is_dir()
         if not (local_dir or profile.llm.allows_reference(reference)):
             allowed = ", ".join(profile.llm.allowed_model_references) or "none"
             raise Forbidden(f"modelReference '{reference}' is not allowed for profile '{profile.name}' "
                             f"(allowed: {allowed})", field="modelReference")
 
-    async def check_run(self, request: DeployRequest) -> None:
+    async def check_run(self, run_id: str, profile: ModelProfile, field: str = "mlflowRunId") -> None:
         """The run must exist, have finished, and come from a compatible profile."""
-        run = await run_blocking(self.tracking.run_info, request.mlflow_run_id)
+        run = await run_blocking(self.tracking.run_info, run_id)
         if run is None:
-            raise TaskNotFound(f"MLflow run '{request.mlflow_run_id}' does not exist", field="mlflowRunId")
+            raise TaskNotFound(f"MLflow run '{run_id}' does not exist", field=field)
         if run.status != "FINISHED":
             raise TaskConflict(
-                f"MLflow run '{run.run_id}' is {run.status}; only a FINISHED run has a model to deploy",
-                field="mlflowRunId",
+                f"MLflow run '{run.run_id}' is {run.status}; only a FINISHED run has a model to deploy", field=field
             )
-        profile = self.profiles[request.model_profile]
         assert profile.inference is not None
-        compatible = (request.model_profile, *profile.inference.accepts_runs_from)
+        compatible = (profile.name, *profile.inference.accepts_runs_from)
         if run.profile and run.profile not in compatible:
             raise InvalidSpec(
-                f"modelProfile '{request.model_profile}' cannot deploy a run of profile '{run.profile}' "
+                f"modelProfile '{profile.name}' cannot deploy a run of profile '{run.profile}' "
                 f"(it deploys runs of: {', '.join(compatible)})",
                 field="modelProfile",
             )
 
     async def create(self, request: DeployRequest) -> tuple[DeploymentTask, bool]:
-        normalized, manifests = self.plan(request)
+        self._serving_profile(request.model_profile)
         existing = await run_blocking(self.runtime.get, KIND_INFERENCE, request.task_id)
         if existing is not None:
-            check_same_request("inference", request.task_id, existing.request, normalized)
+            replicas = request.replicas or self.profiles[request.model_profile].inference.replicas  # type: ignore[union-attr]
+            check_same_request("inference", request.task_id, existing.request,
+                               request.model_dump(by_alias=True) | {"replicas": replicas})
             return self._task(existing), False
         await self._check_model_id_free(request)
-        if request.mlflow_run_id is not None:
-            await self.check_run(request)
+        normalized, manifests = await self.plan(request)
         try:
             state = await run_blocking(self.runtime.create, KIND_INFERENCE, request.task_id, manifests)
             created = True
@@ -113,6 +171,91 @@ class DeploymentService:
             check_same_request("inference", request.task_id, exists.existing.request, normalized)
             state, created = exists.existing, False
         return self._task(state), created
+
+    # -- day 2: update, revisions, rollback --------------------------------------------------------
+
+    async def _existing(self, task_id: str) -> WorkloadState:
+        state = await run_blocking(self.runtime.get, KIND_INFERENCE, task_id) if id_problem(task_id) is None else None
+        if state is None:
+            raise TaskNotFound(f"no deployment '{task_id}'", field="taskId")
+        return state
+
+    async def update(self, task_id: str, change: DeploymentUpdate, dry_run: bool = False
+                     ) -> DeploymentTask | list[dict[str, Any]]:
+        """A new model becomes a new revision, rolled out with no failed request; `replicas` scales.
+        With dry_run, the objects the update would make, and nothing changes."""
+        if not change.chosen() and change.replicas is None and change.promote_alias is None:
+            raise InvalidSpec("nothing to change: give a model (mlflowRunId, modelName with modelVersion or "
+                              "modelAlias, or modelReference), replicas, or promoteAlias", field="replicas")
+        state = await self._existing(task_id)
+        profile = self._serving_profile(state.request["modelProfile"])
+        rollout = rollout_of_state(state)
+        if change.chosen():
+            model = await self.resolve(change, profile)
+            rollout = rollout.with_revision(model, "updated")
+        if change.replicas is not None:
+            rollout = rollout.model_copy(update={"replicas": change.replicas})
+        if change.promote_alias is not None:
+            rollout = await self._promotion(rollout, change.promote_alias, dry_run)
+        return await self._apply(state, profile, rollout, dry_run)
+
+    async def rollback(self, task_id: str, body: RollbackRequest, dry_run: bool = False
+                       ) -> DeploymentTask | list[dict[str, Any]]:
+        """A new revision serving an earlier revision's model (default: the one before the newest).
+        An alias the newest revision promoted goes back to the version it named before."""
+        state = await self._existing(task_id)
+        profile = self._serving_profile(state.request["modelProfile"])
+        rollout = rollout_of_state(state)
+        if body.revision is None:
+            if len(rollout.history) < 2:
+                raise TaskNotFound(f"deployment '{task_id}' has no revision before {rollout.revision}",
+                                   field="revision")
+            target = rollout.history[-2]
+        else:
+            found = rollout.find(body.revision)
+            if found is None:
+                kept = ", ".join(str(record.revision) for record in rollout.history)
+                raise TaskNotFound(f"deployment '{task_id}' has no revision {body.revision} (kept: {kept})",
+                                   field="revision")
+            target = found
+        if target.revision == rollout.revision:
+            raise TaskConflict(f"revision {target.revision} is already the newest revision of '{task_id}'",
+                               field="revision")
+        undone = rollout.newest
+        rollout = rollout.with_revision(target.model, f"rolled back to {target.revision}")
+        if body.promote_alias is not None:
+            rollout = await self._promotion(rollout, body.promote_alias, dry_run)
+        elif undone.promoted_alias and undone.model.model_name and not dry_run:
+            # The alias the undone revision moved goes back to where it was.
+            await run_blocking(self.tracking.set_alias, undone.model.model_name, undone.promoted_alias,
+                               undone.alias_was)
+        return await self._apply(state, profile, rollout, dry_run)
+
+    async def _promotion(self, rollout: Rollout, alias: str, dry_run: bool) -> Rollout:
+        """Point `alias` of the newest revision's registered model at its version."""
+        model = rollout.newest.model
+        if not (model.model_name and model.model_version):
+            raise InvalidSpec(f"promoteAlias needs a registered model: revision {rollout.revision} serves "
+                              f"{'a model reference' if model.model_reference else 'a run'}, not a model version "
+                              f"(deploy with modelName)", field="promoteAlias")
+        before = await run_blocking(self.tracking.model_version, model.model_name, None, alias)
+        if not dry_run:
+            await run_blocking(self.tracking.set_alias, model.model_name, alias, model.model_version)
+        newest = rollout.newest.model_copy(update={"promoted_alias": alias,
+                                                   "alias_was": before.version if before else None})
+        return rollout.model_copy(update={"history": [*rollout.history[:-1], newest]})
+
+    async def _apply(self, state: WorkloadState, profile: ModelProfile, rollout: Rollout, dry_run: bool
+                     ) -> DeploymentTask | list[dict[str, Any]]:
+        manifests = self._manifests(state.request, profile, rollout)
+        if dry_run:
+            return manifests
+        updated = await run_blocking(self.runtime.update, KIND_INFERENCE, state.task_id, manifests, state)
+        return self._task(updated)
+
+    async def revisions(self, task_id: str) -> RevisionList:
+        state = await self._existing(task_id)
+        return RevisionList(task_id=task_id, items=revision_states(state, rollout_of_state(state)))
 
     async def _check_model_id_free(self, request: DeployRequest) -> None:
         for state in await run_blocking(self.runtime.list, KIND_INFERENCE):
@@ -144,7 +287,7 @@ class DeploymentService:
         """The model server's output, kept as the artifact serving-logs/<taskId>.log of the run it
         served, before its pods go. A log that cannot be kept is said in the API's log; it never
         stops the deletion."""
-        run_id = state.request.get("mlflowRunId")
+        run_id = rollout_of_state(state).newest.model.mlflow_run_id
         if not run_id:
             return  # a model by reference (a language model) has no run to keep it in
         try:
@@ -164,18 +307,27 @@ class DeploymentService:
         request = state.request
         profile = self.profiles.get(request["modelProfile"])
         language_model = profile is not None and profile.llm is not None
+        rollout = rollout_of_state(state)
+        model = rollout.newest.model
         message = state.message
         if language_model and state.phase == DeploymentStatus.READY and not message:
             build = "CUDA" if request.get("useGpu") else "CPU"
             message = f"vLLM's OpenAI server ({build} build) serves '{request['modelId']}'"
+        if state.serving_revision is not None and state.serving_revision != rollout.revision:
+            doing = (f"cannot start: {state.revision_problem}" if state.revision_problem
+                     else "is starting")
+            message = f"revision {rollout.revision} {doing}; revision {state.serving_revision} serves"
         return DeploymentTask(
             task_id=state.task_id,
             model_id=request["modelId"],
-            mlflow_run_id=request.get("mlflowRunId"),
-            model_reference=request.get("modelReference"),
+            mlflow_run_id=model.mlflow_run_id,
+            model_reference=model.model_reference,
+            model=model,
+            revision=rollout.revision,
+            serving_revision=state.serving_revision,
             model_profile=request["modelProfile"],
             use_gpu=request.get("useGpu", False),
-            replicas=request.get("replicas", 1),
+            replicas=rollout.replicas,
             ready_replicas=state.ready_replicas or 0,
             status=DeploymentStatus(state.phase),
             message=message,

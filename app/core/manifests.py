@@ -24,6 +24,10 @@ LABEL_MODEL_ID = "mlops.dev/model-id"
 ANNOTATION_REQUEST = "mlops.dev/request"
 # The name a language model's server answers to (OpenAI's "model"), for the proxy to send.
 ANNOTATION_SERVED_MODEL = "mlops.dev/served-model-name"
+# An inference Deployment's revisions (app/core/revisions.py): the cluster is their database.
+ANNOTATION_ROLLOUT = "mlops.dev/rollout"
+# On a model server's pods: the revision whose model they serve (not in any selector).
+LABEL_REVISION = "mlops.dev/revision"
 
 KIND_TRAINING = "training"
 KIND_INFERENCE = "inference"
@@ -241,8 +245,10 @@ def inference_deployment(
     replicas: int,
     request: dict[str, Any],
     refs: ClusterRefs = ClusterRefs(),
+    rollout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The apps/v1 Deployment that runs script/serve.py for one model."""
+    """The apps/v1 Deployment that runs script/serve.py for one model. `rollout` is the revision
+    history (app/core/revisions.py); its newest revision labels the pods."""
     assert profile.inference is not None
     name = inference_name(spec.model_id)
     labels = _labels(KIND_INFERENCE, spec.task_id, profile.name, spec.model_id)
@@ -272,17 +278,22 @@ def inference_deployment(
     container["readinessProbe"] = _http_probe(profile.inference.readiness_path, period=5, failures=3)
     container["livenessProbe"] = _http_probe(LIVENESS_PATH, period=10, failures=3)
     selector = task_selector(KIND_INFERENCE, spec.task_id)
+    metadata = _metadata(name, labels, request, spec.served_model_name)
+    revision = (rollout or {}).get("revision", 1)
+    if rollout is not None:
+        metadata["annotations"][ANNOTATION_ROLLOUT] = json.dumps(rollout, sort_keys=True, separators=(",", ":"))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(name, labels, request, spec.served_model_name),
+        "metadata": metadata,
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 # Prometheus finds the model server's /metrics (vLLM's own, for a language model) by these.
-                "metadata": {"labels": labels, "annotations": scrape_annotations(port)},
+                "metadata": {"labels": {**labels, LABEL_REVISION: str(revision)},
+                             "annotations": scrape_annotations(port)},
                 "spec": _pod_spec([container], profile, use_gpu, volumes=volumes),
             },
         },
@@ -318,3 +329,15 @@ def request_of(obj: dict[str, Any]) -> dict[str, Any]:
     """The request an object was created from, read back from its annotation."""
     raw = (obj.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_REQUEST)
     return json.loads(raw) if raw else {}
+
+
+def rollout_of(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The revision history an inference Deployment records, if any."""
+    raw = (obj.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_ROLLOUT)
+    return json.loads(raw) if raw else None
+
+
+def revision_of(pod: dict[str, Any]) -> int | None:
+    """The revision a pod (or a Deployment's pod template) serves."""
+    value = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_REVISION)
+    return int(value) if value and value.isdigit() else None

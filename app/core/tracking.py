@@ -17,6 +17,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class ModelVersionInfo:
+    name: str
+    version: str
+    run_id: str | None
+
+
+_MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
+@dataclass(frozen=True)
 class RunInfo:
     run_id: str
     status: str  # RUNNING, FINISHED, FAILED, KILLED, SCHEDULED
@@ -72,6 +82,34 @@ class Tracking:
             max_results=1,
         )
         return runs[0].info.run_id if runs else None
+
+    def model_version(self, name: str, version: str | None = None, alias: str | None = None
+                      ) -> ModelVersionInfo | None:
+        """A registered model's version, by number or by alias; None if there is no such version."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = (self.client.get_model_version(name, version) if version is not None
+                     else self.client.get_model_version_by_alias(name, alias or ""))
+        except MlflowException as exc:
+            if exc.error_code in _MISSING:
+                return None
+            raise self._unavailable(exc) from exc
+        except OSError as exc:
+            raise self._unavailable(exc) from exc
+        return ModelVersionInfo(found.name, str(found.version), found.run_id or None)
+
+    def set_alias(self, name: str, alias: str, version: str | None) -> None:
+        """Point `alias` at `version` of a registered model; None removes the alias."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            if version is None:
+                self.client.delete_registered_model_alias(name, alias)
+            else:
+                self.client.set_registered_model_alias(name, alias, version)
+        except (MlflowException, OSError) as exc:
+            raise self._unavailable(exc) from exc
 
     def latest_metrics(self, run_id: str) -> dict[str, float]:
         """The run's latest value of each metric; empty when MLflow cannot say."""

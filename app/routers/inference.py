@@ -9,7 +9,14 @@ from fastapi.responses import PlainTextResponse
 from app.deps import DeploymentsDep
 from app.routers.common import ERROR_RESPONSES
 from app.schemas.common import DeletedTask, DryRunResult
-from app.schemas.inference import DeploymentTask, DeploymentTaskList, DeployRequest
+from app.schemas.inference import (
+    DeploymentTask,
+    DeploymentTaskList,
+    DeploymentUpdate,
+    DeployRequest,
+    RevisionList,
+    RollbackRequest,
+)
 
 router = APIRouter(prefix="/api/v1/inference", tags=["inference"], responses=ERROR_RESPONSES)
 
@@ -26,7 +33,7 @@ async def create_deployment(
     dry_run: Annotated[bool, Query(alias="dryRun", description="Return the objects without creating them")] = False,
 ) -> DeploymentTask | DryRunResult:
     if dry_run:
-        _, manifests = deployments.plan(request)
+        _, manifests = await deployments.plan(request, check_runs=False)
         response.status_code = 200
         return DryRunResult(manifests=manifests)
     task, created = await deployments.create(request)
@@ -55,6 +62,50 @@ async def get_deployment_logs(
     tail: Annotated[int | None, Query(ge=0, le=100_000, description="Only the last N lines")] = None,
 ) -> Response:
     return PlainTextResponse(await deployments.logs(task_id, tail))
+
+
+DryRunQuery = Annotated[bool, Query(alias="dryRun", description="Return the objects without changing anything")]
+
+
+def _answer(result: DeploymentTask | list[dict], response: Response) -> DeploymentTask | DryRunResult:
+    if isinstance(result, list):
+        response.status_code = 200
+        return DryRunResult(manifests=result)
+    return result  # 202: accepted, the rollout goes on after the answer
+
+
+@router.patch(
+    "/deployments/{task_id}",
+    status_code=202,
+    response_model=DeploymentTask | DryRunResult,
+    summary="Update a deployment: a new model (a new revision, rolled out with no failed request), replicas, "
+            "or an MLflow alias (202; 200 with dryRun)",
+)
+async def update_deployment(
+    task_id: str, change: DeploymentUpdate, deployments: DeploymentsDep, response: Response,
+    dry_run: DryRunQuery = False,
+) -> DeploymentTask | DryRunResult:
+    return _answer(await deployments.update(task_id, change, dry_run), response)
+
+
+@router.get("/deployments/{task_id}/revisions", response_model=RevisionList,
+            summary="The deployment's revisions, the newest first, with the state of each")
+async def list_revisions(task_id: str, deployments: DeploymentsDep) -> RevisionList:
+    return await deployments.revisions(task_id)
+
+
+@router.post(
+    "/deployments/{task_id}/rollback",
+    status_code=202,
+    response_model=DeploymentTask | DryRunResult,
+    summary="Serve an earlier revision's model again (default: the revision before the newest), as a new "
+            "revision rolled out with no failed request (202; 200 with dryRun)",
+)
+async def rollback_deployment(
+    task_id: str, deployments: DeploymentsDep, response: Response, dry_run: DryRunQuery = False,
+    body: RollbackRequest | None = None,
+) -> DeploymentTask | DryRunResult:
+    return _answer(await deployments.rollback(task_id, body or RollbackRequest(), dry_run), response)
 
 
 @router.delete("/deployments/{task_id}", response_model=DeletedTask, summary="Remove a deployment")

@@ -22,6 +22,11 @@ class WorkloadState:
     uid: str = ""
     # Inference: model-server replicas passing their readiness probe now.
     ready_replicas: int | None = None
+    # Inference: the revision history the workload records (app/core/revisions.py), the revision
+    # whose model servers answer now, and why the newest one does not yet (it cannot start).
+    rollout: dict[str, Any] | None = None
+    serving_revision: int | None = None
+    revision_problem: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -107,6 +112,14 @@ class Runtime(Protocol):
 
     def create(self, kind: str, task_id: str, manifests: list[dict[str, Any]]) -> WorkloadState:
         """Make the objects real; raise AlreadyExists if the task id is taken."""
+        ...
+
+    def update(self, kind: str, task_id: str, manifests: list[dict[str, Any]], current: WorkloadState) -> WorkloadState:
+        """Replace an inference task's objects with `manifests` (same names: a new revision's pod
+        template, another replica count), rolled out with no failed request: the new revision's
+        model servers become ready before the old ones leave rotation, and the old ones are stopped
+        then. Raises TaskNotFound if the task is gone and TaskConflict if it changed since `current`
+        was read."""
         ...
 
     def get(self, kind: str, task_id: str) -> WorkloadState | None: ...

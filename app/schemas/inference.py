@@ -7,16 +7,84 @@ from pydantic import Field
 
 from app.schemas.common import CamelModel, KubernetesId, StrictCamelModel
 
+RunId = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+# MLflow's registered-model names are free text; these rules keep them safe in labels of logs and URIs.
+RegisteredName = Field(default=None, min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
+AliasName = Field(default=None, min_length=1, max_length=255, pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
-class DeployRequest(StrictCamelModel):
+
+class ModelChoice(StrictCamelModel):
+    """Which model to serve: exactly one of an MLflow run, a registered model (by version or by
+    alias, the alias resolved once, when the revision is made), or, for language-model profiles,
+    a model reference the profile allows."""
+
+    mlflow_run_id: str | None = RunId
+    model_name: str | None = RegisteredName
+    model_version: str | None = Field(default=None, min_length=1, max_length=16, pattern=r"^[1-9][0-9]*$")
+    model_alias: str | None = AliasName
+    model_reference: str | None = Field(default=None, min_length=1, max_length=512)
+
+    def chosen(self) -> bool:
+        return any(value is not None for value in
+                   (self.mlflow_run_id, self.model_name, self.model_version, self.model_alias, self.model_reference))
+
+
+class DeployRequest(ModelChoice):
     task_id: KubernetesId
     model_id: KubernetesId
-    mlflow_run_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-    # Language-model profiles only: a model the profile allows, instead of an MLflow run.
-    model_reference: str | None = Field(default=None, min_length=1, max_length=512)
     model_profile: str = Field(min_length=1, max_length=128)
     use_gpu: bool = False
     replicas: int | None = Field(default=None, ge=1, le=64)
+
+
+class DeploymentUpdate(ModelChoice):
+    """PATCH: a new model makes a new revision, rolled out with no failed request; `replicas`
+    changes the number of model servers. `promoteAlias` points that MLflow alias of the served
+    registered model at the new revision's version."""
+
+    replicas: int | None = Field(default=None, ge=1, le=64)
+    promote_alias: str | None = AliasName
+
+
+class RollbackRequest(StrictCamelModel):
+    # Default: the revision before the newest one.
+    revision: int | None = Field(default=None, ge=1)
+    promote_alias: str | None = AliasName
+
+
+class ServedModel(CamelModel):
+    """What a revision serves, as resolved when it was made."""
+
+    mlflow_run_id: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    # The alias the version was chosen by, if any (resolved once: the version is what is served).
+    model_alias: str | None = None
+    model_reference: str | None = None
+
+
+class RevisionState(StrEnum):
+    SERVING = "Serving"  # the revision that answers predicts
+    STARTING = "Starting"  # the newest revision, until its model servers are ready
+    FAILED = "Failed"  # the newest revision, whose model servers cannot start; the one before still serves
+    RETIRED = "Retired"  # an earlier revision, kept for rollback
+
+
+class Revision(CamelModel):
+    revision: int
+    model: ServedModel
+    created_at: datetime
+    # Why it was made: "created", "updated", "rolled back to N".
+    cause: str
+    state: RevisionState
+    message: str | None = None
+    # The MLflow alias this revision moved onto its version, and the version it was on before.
+    promoted_alias: str | None = None
+
+
+class RevisionList(CamelModel):
+    task_id: str
+    items: list[Revision]
 
 
 class DeploymentStatus(StrEnum):
@@ -28,8 +96,13 @@ class DeploymentStatus(StrEnum):
 class DeploymentTask(CamelModel):
     task_id: str
     model_id: str
+    # The newest revision's model (mlflowRunId is the run of a registered version too).
     mlflow_run_id: str | None = None
     model_reference: str | None = None
+    model: ServedModel
+    revision: int
+    # The revision answering predicts now (the one before `revision` while that one starts).
+    serving_revision: int | None = None
     model_profile: str
     use_gpu: bool
     replicas: int
