@@ -1,6 +1,8 @@
 """Helpers the tests share: free ports, datasets they generate, a running API process."""
 
+import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -42,6 +44,27 @@ def classification_csv(path: Path, rows: int = 300, seed: int = 1) -> Path:
     frame = pd.DataFrame({"species": labels, **{f"m{i}": x[:, i] for i in range(4)}})
     frame.to_csv(path, index=False)
     return path
+
+
+def plan_deployment(service: Any, request: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A DeploymentService's plan for a run or reference it need not look up (no MLflow)."""
+    return asyncio.run(service.plan(request, check_runs=False))
+
+
+def model_server_dir(data_dir: Path, task_id: str) -> Path:
+    """The local runtime's directory of a deployment's serving model server (status.json, output.log)."""
+    task_dir = data_dir / "tasks" / "inference" / task_id
+    serving = task_dir / "serving.json"
+    if serving.exists():
+        revision = json.loads(serving.read_text())["revision"]
+    else:
+        revision = json.loads((task_dir / "task.json").read_text()).get("revision", 1)
+    return task_dir / "pods" / str(revision)
+
+
+def model_server_port(data_dir: Path, task_id: str, revision: int = 1) -> int:
+    record = json.loads((data_dir / "tasks" / "inference" / task_id / "task.json").read_text())
+    return record["ports"][str(revision)]
 
 
 def wait_until(check: Callable[[], Any], timeout: float, interval: float = 0.25, what: str = "condition") -> Any:

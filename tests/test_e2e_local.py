@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 from mlflow.tracking import MlflowClient
 
-from tests.support import classification_csv, regression_csv, wait_until
+from tests.support import classification_csv, model_server_dir, regression_csv, wait_until
 
 SEED_TRAIN_BODY = {
     "taskId": "train-reg-01",
@@ -143,7 +143,7 @@ def test_classifier_predicts_labels_and_probabilities(api, tmp_path: Path) -> No
         assert all(abs(sum(p) - 1) < 1e-6 for p in result["probabilities"])
 
         # The model server dies: predicts get 503 with Retry-After until it is back, by itself.
-        status_file = api.data_dir / "tasks" / "inference" / "deploy-cls" / "status.json"
+        status_file = model_server_dir(api.data_dir, "deploy-cls") / "status.json"
         os.kill(json.loads(status_file.read_text())["pid"], signal.SIGKILL)
         down = client.post("/api/v1/inference/deploy-cls/predict", json={"data": {"features": rows}})
         assert down.status_code in (200, 503), down.text  # 200 only if it was restarted already

@@ -18,7 +18,7 @@ from app.runtime.local import LocalRuntime
 from app.schemas.inference import DeployRequest
 from app.settings import PROJECT_ROOT
 from tests.dataplane_support import Plane
-from tests.support import free_port
+from tests.support import free_port, plan_deployment
 
 PROFILES = load_profiles(PROJECT_ROOT / "model_profiles.yaml")
 
@@ -26,7 +26,7 @@ PROFILES = load_profiles(PROJECT_ROOT / "model_profiles.yaml")
 def chat_manifests(allows_local_paths: bool) -> list[dict]:
     service = DeploymentService(SimpleNamespace(allows_local_paths=allows_local_paths), PROFILES,  # type: ignore
                                 tracking=None, refs=ClusterRefs())  # type: ignore[arg-type]
-    _, manifests = service.plan(DeployRequest.model_validate({
+    _, manifests = plan_deployment(service, DeployRequest.model_validate({
         "taskId": "chat-task", "modelId": "chat-model", "modelReference": "/models/base",
         "modelProfile": "llm_chat"}))
     return manifests
@@ -38,14 +38,14 @@ def test_the_deployment_and_its_service_record_the_served_name_tabular_ones_none
     assert service["metadata"]["annotations"][ANNOTATION_SERVED_MODEL] == "chat-model"
     tabular = DeploymentService(SimpleNamespace(allows_local_paths=False), PROFILES, tracking=None,  # type: ignore
                                 refs=ClusterRefs())  # type: ignore[arg-type]
-    _, (tab_deployment, _) = tabular.plan(DeployRequest.model_validate({
+    _, (tab_deployment, _) = plan_deployment(tabular, DeployRequest.model_validate({
         "taskId": "t", "modelId": "m", "mlflowRunId": "ab" * 16, "modelProfile": "tabular_regression"}))
     assert ANNOTATION_SERVED_MODEL not in tab_deployment["metadata"]["annotations"]
 
 
 def test_the_local_runtime_endpoint_carries_the_served_name_through_probes(tmp_path) -> None:
     runtime = LocalRuntime(tmp_path / "data", {})
-    runtime._put_endpoint("chat-task", {"manifests": chat_manifests(True), "port": free_port()}, ready=False)
+    runtime._put_endpoint("chat-task", {"manifests": chat_manifests(True), "ports": {"1": free_port()}}, 1, ready=False)
     endpoint = runtime.endpoints.get("chat-task")
     assert endpoint is not None and endpoint.served_model_name == "chat-model"
     runtime.endpoints.mark_unready("chat-task", "gone")  # a changed entry keeps the name

@@ -27,7 +27,7 @@ from tests.llm_support import (
     write_prompt_completion_jsonl,
     write_test_profiles,
 )
-from tests.support import ApiProcess, kill_workloads, wait_until
+from tests.support import ApiProcess, kill_workloads, model_server_dir, wait_until
 from tests.test_e2e_local import wait_for_deployment, wait_for_training
 
 ADMIN = "admin-token-for-llm-tests-0123456789"
@@ -129,7 +129,7 @@ def test_status_names_the_engine_and_what_it_serves(served) -> None:
 
 
 def test_the_hf_token_reaches_the_server_and_no_log(served) -> None:
-    serve_pid = json.loads((served.data_dir / "tasks" / "inference" / TASK_ID / "status.json").read_text())["pid"]
+    serve_pid = json.loads((model_server_dir(served.data_dir, TASK_ID) / "status.json").read_text())["pid"]
     assert psutil.Process(serve_pid).environ()["HF_TOKEN"] == HF_TOKEN
     with admin_client(served) as client:
         logs = client.get(f"/api/v1/inference/deployments/{TASK_ID}/logs").text
@@ -227,7 +227,7 @@ def test_a_model_vllm_cannot_load_fails_the_deployment_saying_why(served) -> Non
 
 def vllm_worker(served: SimpleNamespace, task_id: str) -> psutil.Process:
     """The process that runs the model of a deployment (vLLM's worker, under script/serve.py)."""
-    status = json.loads((served.data_dir / "tasks" / "inference" / task_id / "status.json").read_text())
+    status = json.loads((model_server_dir(served.data_dir, task_id) / "status.json").read_text())
     workers = [p for p in psutil.Process(status["pid"]).children(recursive=True) if p.name().startswith("VLLM::Worker")]
     assert len(workers) == 1, workers
     return workers[0]

@@ -9,6 +9,7 @@ from app.profiles import load_profiles
 from app.runtime.local import LocalRuntime
 from app.schemas.inference import DeployRequest
 from app.settings import PROJECT_ROOT
+from tests.support import plan_deployment
 
 PROFILES = load_profiles(PROJECT_ROOT / "model_profiles.yaml")
 
@@ -17,11 +18,11 @@ def test_a_claim_becomes_a_shared_directory_and_env_paths_follow_it(tmp_path: Pa
     monkeypatch.setenv("MLOPS_API_TOKENS", "admin:must-not-reach-the-workload")
     service = DeploymentService(SimpleNamespace(allows_local_paths=True), PROFILES, tracking=None,  # type: ignore
                                 refs=ClusterRefs())
-    _, manifests = service.plan(DeployRequest.model_validate({
+    _, manifests = plan_deployment(service, DeployRequest.model_validate({
         "taskId": "chat", "modelId": "chat", "modelReference": "/models/base", "modelProfile": "llm_chat"}))
     runtime = LocalRuntime(tmp_path / "data", {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"})
-    record = {"manifests": manifests, "port": 40123}
-    process = runtime._process_spec("inference", tmp_path / "task", record)
+    record = {"manifests": manifests}
+    process = runtime._process_spec("inference", tmp_path / "task", record, 40123)
     volume = tmp_path / "data" / "volumes" / "mlops-model-cache"
     assert volume.is_dir()
     assert process["env"]["HF_HOME"] == f"{volume}/huggingface"

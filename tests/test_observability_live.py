@@ -56,7 +56,7 @@ def scrape_config(api_port: int, data_dir: Path, directory: Path) -> dict[str, A
     model_server = served["manifests"][0]["spec"]["template"]
     groups = [pod_target_group(api, NS, "fastapi-mlops-api-7d9f8-abcde", {"prometheus.io/port": str(api_port)}),
               pod_target_group(model_server, NS, "inference-observed-v1-5c6d7-fghij",
-                               {"prometheus.io/port": str(served["port"])})]
+                               {"prometheus.io/port": str(served["ports"]["1"])})]
     (directory / "pods.json").write_text(json.dumps(groups))
     del job["kubernetes_sd_configs"]
     job["file_sd_configs"] = [{"files": [str(directory / "pods.json")], "refresh_interval": "1s"}]

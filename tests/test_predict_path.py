@@ -431,7 +431,7 @@ def test_predicts_call_neither_mlflow_nor_the_disk(tmp_path: Path) -> None:
 
         def answers() -> bool:
             with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", record["port"])) == 0
+                return sock.connect_ex(("127.0.0.1", record["ports"]["1"])) == 0
 
         wait_until(answers, timeout=30, what="the stub model server")
         # The API starts on the data directory (as after a restart): the model server is ready at

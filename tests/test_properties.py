@@ -19,6 +19,7 @@ from app.profiles import ModelProfile, load_profiles
 from app.schemas.inference import DeployRequest
 from app.schemas.training import TrainRequest
 from app.settings import PROJECT_ROOT
+from tests.support import plan_deployment
 
 PROFILES = load_profiles(PROJECT_ROOT / "model_profiles.yaml")
 CLUSTER = SimpleNamespace(allows_local_paths=False)  # plan() only asks the runtime this
@@ -99,7 +100,7 @@ def test_any_valid_deploy_request_yields_objects_that_validate_strictly(task_id,
                                                                         replicas, run_id) -> None:
     request = DeployRequest(task_id=task_id, model_id=model_id, mlflow_run_id=run_id, model_profile=profile,
                             use_gpu=use_gpu, replicas=replicas)
-    _, manifests = DEPLOYMENTS.plan(request)
+    _, manifests = plan_deployment(DEPLOYMENTS, request)
     validate_strictly(manifests)
     deployment, service = manifests
     assert len(deployment["metadata"]["name"]) <= 63 and len(service["metadata"]["name"]) <= 63

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from app.shutdown import CLOSING_LINE
-from tests.support import regression_csv, wait_until
+from tests.support import model_server_dir, regression_csv, wait_until
 from tests.test_e2e_local import SEED_PREDICT_BODY, wait_for_deployment, wait_for_training
 
 
@@ -53,7 +53,7 @@ def test_no_request_lost_under_load_while_the_model_server_is_killed(api_factory
     for thread in threads:
         thread.start()
     time.sleep(2.0)
-    status = json.loads((api.data_dir / "tasks/inference/deploy-load/status.json").read_text())
+    status = json.loads((model_server_dir(api.data_dir, "deploy-load") / "status.json").read_text())
     os.kill(status["pid"], signal.SIGKILL)
     killed.set()
     for thread in threads:
@@ -66,7 +66,7 @@ def test_no_request_lost_under_load_while_the_model_server_is_killed(api_factory
     assert all(retry for code, _, retry in outcomes if code == 503)  # ... with Retry-After
     ok = [body for code, body, _ in outcomes if code == 200]
     assert all(json.loads(body) == expected for body in ok)  # never a wrong body
-    state = (api.data_dir / "tasks/inference/deploy-load/status.json").read_text()
+    state = (model_server_dir(api.data_dir, "deploy-load") / "status.json").read_text()
     assert recovered.is_set(), (state, [(c, b[:120]) for c, b, _ in outcomes[-3:]])  # it came back by itself
 
 

@@ -5,6 +5,11 @@ A Job's or a Deployment's container becomes a `script/` process under a supervis
 Every task lives in DATA_DIR/tasks/<kind>/<task id>/, created with an atomic mkdir (so of two
 concurrent creates exactly one wins), which is all the state there is: a restarted API, or a
 second worker, sees every task again.
+
+A Deployment runs one model-server process per revision of its pod template, in
+pods/<revision>/, as a Deployment's rolling update would: an update starts the new revision's
+process, the endpoint switches to it once it is ready (serving.json says which revision serves),
+and the old one is stopped after a drain period, once every API worker has switched.
 """
 
 import asyncio
@@ -17,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -37,8 +43,11 @@ from app.core.manifests import (
     LABEL_PROFILE,
     READINESS_PATH,
     request_of,
+    revision_of,
+    rollout_of,
     served_model_name_of,
 )
+from app.errors import TaskConflict, TaskNotFound
 from app.runtime.base import AlreadyExists, Endpoint, EndpointCache, WorkloadState
 from app.runtime.local_supervisor import GRACE_SECONDS, write_json_atomic
 from app.schemas.inference import DeploymentStatus
@@ -53,6 +62,9 @@ READY_PROBE_EVERY_SECONDS = 2.0
 PROBE_TIMEOUT = timedelta(seconds=1)
 # Failed probes in a row before a Ready model server is taken out of rotation (Kubernetes' default).
 READY_FAILURE_THRESHOLD = 3
+# After the endpoint switches to a new revision, the old model server keeps running this long, so
+# every API worker (each switches at its next reconcile) and every request in flight is done with it.
+DRAIN_SECONDS = 5.0
 # Workload environment variables that only make sense inside a container.
 _CONTAINER_ONLY_ENV = {"HOME"}
 
@@ -92,6 +104,10 @@ def _remap(value: str, mounts: dict[str, str]) -> str:
     return value
 
 
+def _template_revision(manifests: list[dict[str, Any]]) -> int:
+    return revision_of(manifests[0]["spec"]["template"]) or 1
+
+
 def _last_words(task_dir: Path) -> str | None:
     """The workload's termination message, else its last log line (FallbackToLogsOnError)."""
     try:
@@ -127,6 +143,7 @@ class LocalRuntime:
         self._probe_failures: dict[str, int] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._probes: Client | None = None
+        self._retiring: set[Path] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -160,21 +177,53 @@ class LocalRuntime:
                 raise
             raise AlreadyExists(existing) from None
         try:
-            record = {
+            record: dict[str, Any] = {
                 "uid": uuid.uuid4().hex,
                 "createdAt": datetime.now(UTC).isoformat(),
                 "manifests": manifests,
-                "port": _free_port() if kind == KIND_INFERENCE else None,
+                "generation": 1,  # counts changes, for an update to see a concurrent one
             }
-            # The process spec holds the workload's resolved credentials: owner-only.
-            write_json_atomic(task_dir / "process.json", self._process_spec(kind, task_dir, record), mode=0o600)
+            if kind == KIND_INFERENCE:
+                revision = _template_revision(manifests)
+                record |= {"revision": revision, "ports": {str(revision): _free_port()}}
+                self._start_pod(kind, task_dir, record, revision)
+            else:
+                self._start_pod(kind, task_dir, record, None)
             write_json_atomic(task_dir / "task.json", record)
-            self._spawn_supervisor(task_dir)
         except BaseException:
             shutil.rmtree(task_dir, ignore_errors=True)
             raise
         if kind == KIND_INFERENCE:
-            self._put_endpoint(task_id, record, ready=False)
+            self._put_endpoint(task_id, record, record["revision"], ready=False)
+        state = self._state(kind, task_id)
+        assert state is not None
+        return state
+
+    def update(self, kind: str, task_id: str, manifests: list[dict[str, Any]], current: WorkloadState) -> WorkloadState:
+        task_dir = self._dir(kind, task_id)
+        try:
+            lock = open(task_dir / "lock", "a")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            raise TaskNotFound(f"no deployment '{task_id}'", field="taskId") from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            record = _read_json(task_dir / "task.json")
+            if record is None or (task_dir / "deleting").exists():
+                raise TaskNotFound(f"no deployment '{task_id}'", field="taskId")
+            if record["uid"] != current.uid or record.get("generation", 1) != current.extra.get("generation"):
+                raise TaskConflict(f"deployment '{task_id}' changed while this update was made; read it and "
+                                   "try again", field="taskId")
+            revision = _template_revision(manifests)
+            if revision != record["revision"]:
+                if not (task_dir / "serving.json").exists():  # the revision serving until now
+                    write_json_atomic(task_dir / "serving.json", {"revision": record["revision"], "retiring": {}})
+                record["ports"][str(revision)] = _free_port()
+                record["revision"] = revision
+                record["manifests"] = manifests
+                self._start_pod(kind, task_dir, record, revision)
+            record["manifests"] = manifests
+            record["generation"] = record.get("generation", 1) + 1
+            write_json_atomic(task_dir / "task.json", record)
         state = self._state(kind, task_id)
         assert state is not None
         return state
@@ -197,15 +246,24 @@ class LocalRuntime:
             fcntl.flock(lock, fcntl.LOCK_EX)
             (task_dir / "deleting").touch()
             self.endpoints.remove(task_id)
-            self._stop_supervisor(task_dir)
+            for pod_dir in self._pod_dirs(kind, task_dir).values():
+                self._stop_supervisor(pod_dir)
         shutil.rmtree(task_dir, ignore_errors=True)
         return True
 
     def read_logs(self, kind: str, task_id: str, tail: int | None) -> str:
-        return _tail_lines(self._dir(kind, task_id) / "output.log", tail)
+        return _tail_lines(self._log_path(kind, task_id), tail)
+
+    def _log_path(self, kind: str, task_id: str) -> Path:
+        """A Job's output; a Deployment's newest revision's (the one being rolled out, or serving)."""
+        task_dir = self._dir(kind, task_id)
+        if kind == KIND_TRAINING:
+            return task_dir / "output.log"
+        record = _read_json(task_dir / "task.json") or {}
+        return self._pod_dir(kind, task_dir, record.get("revision", 1)) / "output.log"
 
     async def follow_logs(self, kind: str, task_id: str, tail: int | None) -> AsyncIterator[bytes]:
-        path = self._dir(kind, task_id) / "output.log"
+        path = await asyncio.to_thread(self._log_path, kind, task_id)
         first = await asyncio.to_thread(_tail_lines, path, tail)
         if first:
             yield first.encode()
@@ -228,6 +286,26 @@ class LocalRuntime:
 
     def _dir(self, kind: str, task_id: str) -> Path:
         return self.root / kind / task_id
+
+    @staticmethod
+    def _pod_dir(kind: str, task_dir: Path, revision: int | None) -> Path:
+        """Where a workload's process lives: a Job's in its task directory, a Deployment's revision's
+        in pods/<revision>/."""
+        return task_dir if kind == KIND_TRAINING or revision is None else task_dir / "pods" / str(revision)
+
+    def _pod_dirs(self, kind: str, task_dir: Path) -> dict[int, Path]:
+        if kind == KIND_TRAINING:
+            return {0: task_dir}
+        pods = task_dir / "pods"
+        found = pods.iterdir() if pods.exists() else ()
+        return {int(path.name): path for path in found if path.name.isdigit()}
+
+    @staticmethod
+    def _serving_revision(task_dir: Path, record: dict[str, Any]) -> int:
+        """The revision whose model server the endpoint uses: the one serving.json names, or, until
+        a first update, the only one."""
+        serving = _read_json(task_dir / "serving.json")
+        return serving["revision"] if serving else record.get("revision", 1)
 
     @staticmethod
     def _read_from(path: Path, offset: int) -> bytes:
@@ -254,22 +332,21 @@ class LocalRuntime:
         record = _read_json(task_dir / "task.json")
         if record is None or (task_dir / "deleting").exists():
             return None
-        status = _read_json(task_dir / "status.json") or {}
-        alive = self._supervisor_alive(task_dir)
         state = WorkloadState(
             kind=kind,
             task_id=task_id,
             request=request_of(record["manifests"][0]),
             phase="",
             created_at=_parse_time(record.get("createdAt")),
-            start_time=_parse_time(status.get("firstStartedAt") or status.get("startedAt")),
             uid=record["uid"],
-            extra={"port": record.get("port"), "restarts": status.get("restarts", 0)},
+            extra={"generation": record.get("generation", 1)},
         )
         if kind == KIND_TRAINING:
-            self._training_phase(state, status, alive, task_dir)
+            status = _read_json(task_dir / "status.json") or {}
+            state.start_time = _parse_time(status.get("firstStartedAt") or status.get("startedAt"))
+            self._training_phase(state, status, self._supervisor_alive(task_dir), task_dir)
         else:
-            self._inference_phase(state, status, alive, task_dir)
+            self._inference_phase(state, task_dir, record)
         return state
 
     @staticmethod
@@ -294,31 +371,61 @@ class LocalRuntime:
             state.phase = TrainingStatus.PENDING
             state.message = "starting the trainer process"
 
-    def _inference_phase(self, state: WorkloadState, status: dict[str, Any], alive: bool, task_dir: Path) -> None:
+    def _inference_phase(self, state: WorkloadState, task_dir: Path, record: dict[str, Any]) -> None:
+        newest = record.get("revision", 1)
+        serving = self._serving_revision(task_dir, record)
+        pod_dir = self._pod_dir(KIND_INFERENCE, task_dir, serving)
+        status = _read_json(pod_dir / "status.json") or {}
+        alive = self._supervisor_alive(pod_dir)
+        state.start_time = _parse_time(status.get("firstStartedAt") or status.get("startedAt"))
+        state.extra["restarts"] = status.get("restarts", 0)
+        state.rollout = rollout_of(record["manifests"][0])
         endpoint = self.endpoints.get(state.task_id)
+        if endpoint is not None and endpoint.base_url != self._url(record, serving):
+            endpoint = None  # this worker has not switched to the serving revision yet
         if endpoint is not None and not endpoint.ready and status.get("phase") == "Running":
             # Another API worker may have seen it ready first: ask the server now, not at the next probe.
             endpoint = self._probe_now(endpoint)
-        restarts = status.get("restarts", 0)
-        # The local runtime runs one model-server process per deployment.
-        state.ready_replicas = 1 if endpoint is not None and endpoint.ready else 0
-        if endpoint is not None and endpoint.ready:
+        # The local runtime runs one model-server process per revision.
+        ready = endpoint is not None and endpoint.ready
+        state.ready_replicas = 1 if ready else 0
+        state.serving_revision = serving if ready else None
+        if newest != serving:
+            state.revision_problem = self._crash_report(self._pod_dir(KIND_INFERENCE, task_dir, newest))
+        if ready:
+            assert endpoint is not None
             state.phase = DeploymentStatus.READY
             state.message = endpoint.message
-        elif status.get("phase") in ("Exited", "BackOff") and restarts >= FAILED_AFTER_RESTARTS:
+        elif (report := self._crash_report(pod_dir)) is not None:
             state.phase = DeploymentStatus.FAILED
-            words = _last_words(task_dir)
-            state.message = (
-                f"model server exited with code {status.get('exitCode')} and was restarted {restarts} times"
-                + (f": {words}" if words else "")
-            )
+            state.message = report
         else:
             state.phase = DeploymentStatus.PENDING
             state.message = "model server is starting" if alive else "model server is being restarted"
 
+    @staticmethod
+    def _crash_report(pod_dir: Path) -> str | None:
+        """Why a model server keeps failing, once it has been restarted FAILED_AFTER_RESTARTS times."""
+        status = _read_json(pod_dir / "status.json") or {}
+        restarts = status.get("restarts", 0)
+        if status.get("phase") not in ("Exited", "BackOff") or restarts < FAILED_AFTER_RESTARTS:
+            return None
+        words = _last_words(pod_dir)
+        return (f"model server exited with code {status.get('exitCode')} and was restarted {restarts} times"
+                + (f": {words}" if words else ""))
+
     # -- processes --------------------------------------------------------------------------
 
-    def _process_spec(self, kind: str, task_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    def _start_pod(self, kind: str, task_dir: Path, record: dict[str, Any], revision: int | None) -> None:
+        """The process of a Job, or of a Deployment's revision (its pod template as it is in `record`)."""
+        pod_dir = self._pod_dir(kind, task_dir, revision)
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        port = record["ports"][str(revision)] if revision is not None else None
+        # The process spec holds the workload's resolved credentials: owner-only.
+        write_json_atomic(pod_dir / "process.json", self._process_spec(kind, pod_dir, record, port), mode=0o600)
+        self._spawn_supervisor(pod_dir)
+
+    def _process_spec(self, kind: str, task_dir: Path, record: dict[str, Any], port: int | None) -> dict[str, Any]:
         workload = record["manifests"][0]
         pod = workload["spec"]["template"]["spec"]
         container = pod["containers"][0]
@@ -335,9 +442,9 @@ class LocalRuntime:
             if value is not None:
                 env[item["name"]] = _remap(value, mounts)
         env[TERMINATION_LOG_ENV] = str(task_dir / "termination.log")
-        if kind == KIND_INFERENCE:
+        if port is not None:
             env[SERVE_HOST_ENV] = "127.0.0.1"
-            env[SERVE_PORT_ENV] = str(record["port"])
+            env[SERVE_PORT_ENV] = str(port)
         return {
             "command": command,
             "env": env,
@@ -397,7 +504,7 @@ class LocalRuntime:
         except OSError:
             return False
         # The pid may have been reused by an unrelated process since.
-        return b"local_supervisor" in cmdline and str(task_dir).encode() in cmdline
+        return b"local_supervisor" in cmdline and str(task_dir).encode() + b"\0" in cmdline
 
     def _stop_supervisor(self, task_dir: Path) -> None:
         pid = self._supervisor_pid(task_dir)
@@ -438,19 +545,27 @@ class LocalRuntime:
 
     # -- reconcile: endpoints, readiness, restarts -----------------------------------------
 
-    def _put_endpoint(self, task_id: str, record: dict[str, Any], ready: bool, message: str | None = None) -> None:
+    @staticmethod
+    def _url(record: dict[str, Any], revision: int) -> str:
+        return f"http://127.0.0.1:{record['ports'][str(revision)]}"
+
+    @staticmethod
+    def _readiness_path(record: dict[str, Any]) -> str:
+        container = record["manifests"][0]["spec"]["template"]["spec"]["containers"][0]
+        return container.get("readinessProbe", {}).get("httpGet", {}).get("path", READINESS_PATH)
+
+    def _put_endpoint(self, task_id: str, record: dict[str, Any], revision: int, ready: bool,
+                      message: str | None = None) -> None:
         deployment = record["manifests"][0]
         labels = deployment["metadata"]["labels"]
-        profile = labels.get(LABEL_PROFILE, "")
-        container = deployment["spec"]["template"]["spec"]["containers"][0]
-        probe = container.get("readinessProbe", {}).get("httpGet", {})
-        self._readiness_paths[task_id] = probe.get("path", READINESS_PATH)
-        url = f"http://127.0.0.1:{record['port']}"
-        self.endpoints.put(Endpoint(task_id, url, ready, profile, message, model_id=labels.get(LABEL_MODEL_ID),
+        self._readiness_paths[task_id] = self._readiness_path(record)
+        self.endpoints.put(Endpoint(task_id, self._url(record, revision), ready, labels.get(LABEL_PROFILE, ""),
+                                    message, model_id=labels.get(LABEL_MODEL_ID),
                                     served_model_name=served_model_name_of(deployment)))
 
     def reconcile(self) -> None:
-        """Bring the endpoint cache in line with the data directory; restart dead model servers."""
+        """Bring the endpoint cache in line with the data directory: roll deployments to their
+        newest revision, restart dead model servers, stop retired ones."""
         for pid, child in list(self._children.items()):
             if child.poll() is not None:
                 del self._children[pid]
@@ -460,16 +575,76 @@ class LocalRuntime:
             record = _read_json(task_dir / "task.json")
             if record is None or (task_dir / "deleting").exists():
                 continue
-            task_id = task_dir.name
-            present.add(task_id)
-            if self.endpoints.get(task_id) is None:
-                self._put_endpoint(task_id, record, ready=False)
-            if not self._supervisor_alive(task_dir):
-                self._restart_supervisor(task_dir)
+            present.add(task_dir.name)
+            self._reconcile_deployment(task_dir, record)
         for task_id in self.endpoints.task_ids() - present:
             self.endpoints.remove(task_id)
 
-    def _restart_supervisor(self, task_dir: Path) -> None:
+    def _reconcile_deployment(self, task_dir: Path, record: dict[str, Any]) -> None:
+        task_id = task_dir.name
+        newest = record.get("revision", 1)
+        serving = self._serving_revision(task_dir, record)
+        switched = False
+        if newest != serving and self._answers_ready(self._url(record, newest) + self._readiness_path(record)):
+            serving, switched = self._switch(task_dir, newest), True
+        endpoint = self.endpoints.get(task_id)
+        if endpoint is None or endpoint.base_url != self._url(record, serving):
+            self._put_endpoint(task_id, record, serving, ready=switched)
+        retiring = (_read_json(task_dir / "serving.json") or {}).get("retiring", {})
+        now = time.time()
+        for revision, pod_dir in self._pod_dirs(KIND_INFERENCE, task_dir).items():
+            if revision in (newest, serving) or retiring.get(str(revision), 0) > now:
+                if not self._supervisor_alive(pod_dir):
+                    self._restart_supervisor(task_dir, pod_dir)
+            else:
+                self._retire(task_dir, revision, pod_dir)
+
+    @staticmethod
+    def _answers_ready(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=0.5):
+                return True
+        except OSError:  # refused, too slow, or a status other than 2xx
+            return False
+
+    def _switch(self, task_dir: Path, newest: int) -> int:
+        """Make `newest` the serving revision (under the task's lock: several workers may see it
+        ready at once); the one it replaces drains for DRAIN_SECONDS. Returns the serving revision."""
+        with open(task_dir / "lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            record = _read_json(task_dir / "task.json") or {}
+            serving = _read_json(task_dir / "serving.json") or {"revision": newest, "retiring": {}}
+            if record.get("revision") != newest or serving["revision"] == newest:
+                return serving["revision"]
+            retiring = {**serving.get("retiring", {}), str(serving["revision"]): time.time() + DRAIN_SECONDS}
+            write_json_atomic(task_dir / "serving.json", {"revision": newest, "retiring": retiring})
+            return newest
+
+    def _retire(self, task_dir: Path, revision: int, pod_dir: Path) -> None:
+        """Stop a model server no revision needs any more and remove its directory (in the
+        background: a graceful stop takes seconds)."""
+        if pod_dir in self._retiring:
+            return
+        self._retiring.add(pod_dir)
+
+        def stop() -> None:
+            try:
+                with open(task_dir / "lock", "a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    record = _read_json(task_dir / "task.json") or {}
+                    if revision in (record.get("revision"), self._serving_revision(task_dir, record)):
+                        return  # rolled back to it meanwhile
+                    (pod_dir / "retired").touch()
+                    self._stop_supervisor(pod_dir)
+                shutil.rmtree(pod_dir, ignore_errors=True)
+            except OSError:
+                pass  # the task was deleted meanwhile
+            finally:
+                self._retiring.discard(pod_dir)
+
+        threading.Thread(target=stop, name=f"retire {pod_dir}", daemon=True).start()
+
+    def _restart_supervisor(self, task_dir: Path, pod_dir: Path) -> None:
         # Several API workers may notice at once: one restarts it, under a lock.
         try:
             lock = open(task_dir / "lock", "a")  # noqa: SIM115 - closed below
@@ -478,9 +653,9 @@ class LocalRuntime:
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             gone = (task_dir / "deleting").exists() or not (task_dir / "task.json").exists()
-            if gone or self._supervisor_alive(task_dir):
+            if gone or (pod_dir / "retired").exists() or not pod_dir.exists() or self._supervisor_alive(pod_dir):
                 return
-            self._spawn_supervisor(task_dir)
+            self._spawn_supervisor(pod_dir)
 
     def _probe_now(self, endpoint: Endpoint) -> Endpoint:
         """A blocking readiness probe (status reads run in a worker thread)."""
