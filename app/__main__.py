@@ -10,11 +10,15 @@ from app.core.auth import TokenConfigError
 from app.main import build_authenticator
 from app.profiles import ProfileError, load_profiles
 from app.settings import RuntimeKind, Settings
+from app.startup_checks import startup_problem
 from models import HANDLERS
 
 
 def main() -> int:
     settings = Settings()
+    if (problem := startup_problem(settings)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         profiles = load_profiles(settings.profiles_path, known_handlers=set(HANDLERS))
         authenticator = build_authenticator(settings)
