@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQS := $(wildcard requirements/*.txt)
 
-.PHONY: run test lint clean bench images
+.PHONY: run test lint clean bench images images-test
 
 $(STAMP): $(REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,9 +27,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
-## images: build the four container images (needs Docker)
+## images: build the four container images (Docker, or podman: MLOPS_CONTAINER_TOOL=podman; see README, "Images")
 images:
 	./docker/build_images.sh
+
+## images-test: build the images with podman and start each one (train, serve, predict; about 6 minutes once built)
+images-test: $(STAMP)
+	./docker/dev/images_test.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff check app models script tests benchmarks

@@ -29,7 +29,7 @@ Options:
 
 Environment:
   MLOPS_REGISTRY            registry prefix of the image names (default ${DEFAULT_REGISTRY})
-  MLOPS_CONTAINER_TOOL      docker or podman (default: docker when its daemon answers, else podman)
+  MLOPS_CONTAINER_TOOL      docker or podman (default: docker if installed, else podman)
   MLOPS_PYTHON_BUILD_IMAGE  image of the build stages only, in place of the Python base image (the
                             stand-in docker/dev/python_standin.sh makes); shipped stages never use it
 EOF
@@ -51,8 +51,7 @@ image_repository() {
     esac
 }
 
-# choose_tool: the container engine, from MLOPS_CONTAINER_TOOL or what answers here. A `docker`
-# client without a running daemon does not count.
+# choose_tool: the container engine, MLOPS_CONTAINER_TOOL, else docker if installed, else podman.
 choose_tool() {
     if [[ -n ${MLOPS_CONTAINER_TOOL:-} ]]; then
         case $MLOPS_CONTAINER_TOOL in
@@ -62,7 +61,7 @@ choose_tool() {
         command -v "$MLOPS_CONTAINER_TOOL" >/dev/null 2>&1 ||
             die "${MLOPS_CONTAINER_TOOL} not found (MLOPS_CONTAINER_TOOL=${MLOPS_CONTAINER_TOOL})"
         TOOL=$MLOPS_CONTAINER_TOOL
-    elif command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    elif command -v docker >/dev/null 2>&1; then
         TOOL=docker
     elif command -v podman >/dev/null 2>&1; then
         TOOL=podman
