@@ -36,6 +36,8 @@ ADMIN_TOKEN = secrets.token_hex(16)
 PREDICT_BODY = {"userId": "user-1234", "data": {"features": [[5.1, 3.5, 1.4, 0.2, 4.9, 3.0, 1.4, 0.2]]}}
 # What the pods' security context asks of every container (app/core/manifests.py, kubernetes/).
 RESTRICTED = ["--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+# The pods' /tmp, an emptyDir: writable, and executable (compiled kernels are loaded from it).
+EMPTY_DIR_TMP = ["--tmpfs", "/tmp:rw,exec,mode=1777"]
 
 
 def engine(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -122,6 +124,20 @@ def test_every_environment_resolves_without_conflicts() -> None:
     assert where.returncode == 0 and where.stdout.strip() == "/opt/vllm", where.stderr
 
 
+def test_the_inference_image_compiles_what_vllm_compiles_as_it_starts() -> None:
+    """torch.compile (vLLM's default unless a profile sets enforce_eager) builds C++ at run time, and Triton its
+    launchers with the C compiler: the inference image has one, usable by its user; the others have none."""
+    script = "import torch; f = torch.compile(lambda x: torch.sin(x) * 2 + 1); print(float(f(torch.zeros(3)).sum()))"
+    for python in ("python", "/opt/vllm/bin/python"):
+        done = engine("run", "--rm", "--no-healthcheck", *RESTRICTED, *EMPTY_DIR_TMP, "--entrypoint", python,
+                      INFERENCE, "-c", script, timeout=600)
+        assert done.returncode == 0 and done.stdout.strip() == "3.0", done.stderr[-2000:]
+    for image in (API, BASE, TRAINER):
+        done = engine("run", "--rm", "--no-healthcheck", "--entrypoint", "sh", image, "-c",
+                      "command -v cc gcc g++ || true")
+        assert done.stdout.strip() == "", (image, done.stdout)
+
+
 def test_nothing_of_the_build_stages_reaches_a_shipped_image() -> None:
     """Build stages may run on a stand-in that trusts this host's CAs and holds its wheels: never shipped."""
     for image in (API, BASE, TRAINER, INFERENCE):
@@ -185,7 +201,7 @@ def run_trainer_image(fake: FakeKube, job_name: str, dataset: Path, mlflow_uri: 
     spec = TrainSpec.model_validate_json(env[TRAIN_SPEC_ENV]).model_copy(update={"dataset_path": "/data/train.csv"})
     env[TRAIN_SPEC_ENV] = spec.model_dump_json()
     command = command_of(job)
-    done = engine("run", "--rm", "--network", "host", *RESTRICTED, "--tmpfs", "/tmp",
+    done = engine("run", "--rm", "--network", "host", *RESTRICTED, *EMPTY_DIR_TMP,
                   "--volume", f"{dataset}:/data/train.csv:ro", *(f"--env={k}={v}" for k, v in env.items()),
                   "--entrypoint", command[0], TRAINER, *command[1:], timeout=600)
     fake.write_log(pod, done.stdout + done.stderr)
@@ -238,7 +254,7 @@ def test_train_deploy_and_predict_through_the_three_images(
         env = container_env(deployment, {"MLFLOW_TRACKING_URI": mlflow_uri}) | {
             SERVE_PORT_ENV: str(serve_port), SERVE_HOST_ENV: "127.0.0.1"}
         command = command_of(deployment)
-        server = start(containers, INFERENCE, ["--tmpfs", "/tmp", "--entrypoint", command[0]], command[1:],
+        server = start(containers, INFERENCE, [*EMPTY_DIR_TMP, "--entrypoint", command[0]], command[1:],
                        env=env, name="inference")
 
         def server_ready() -> bool:

@@ -56,8 +56,9 @@ make_python_image() {
     local image=$1 work
     echo "==> debootstrap ${DEBIAN_SUITE} with python3 -> ${image}"
     work=$(mktemp -d -p "$WORK_DIR")
-    # python-is-python3 gives `python`, python3-venv gives `python -m venv`, as the official image has.
-    debootstrap --variant=minbase --include=python3,python3-venv,python-is-python3,ca-certificates \
+    # python-is-python3 gives `python`, python3-venv `python -m venv`, python3-dev Python's headers
+    # (which compilers at run time need, e.g. Triton's), as the official image has.
+    debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,python-is-python3,ca-certificates \
         "$DEBIAN_SUITE" "${work}/rootfs" "$DEBIAN_MIRROR" >"${work}/debootstrap.log" 2>&1 ||
         { tail -20 "${work}/debootstrap.log" >&2; die "debootstrap failed"; }
     rm -rf "${work}/rootfs/var/cache/apt/archives/"*.deb "${work}/rootfs/var/lib/apt/lists/"*
