@@ -3,7 +3,7 @@
 # it starts nothing new), then the training Jobs and inference Deployments/Services the API
 # created (label app.kubernetes.io/managed-by=fastapi-mlops-api), then everything
 # deploy_all_k3s.sh applied (label app.kubernetes.io/part-of=mlops-platform).
-# The data survives unless --purge: the PersistentVolumeClaims of PostgreSQL and MinIO, and the
+# The data survives unless --purge: the PersistentVolumeClaims of PostgreSQL and SeaweedFS, and the
 # credential Secrets, without which that data could not be read again after a new deploy.
 set -euo pipefail
 
@@ -19,7 +19,7 @@ readonly API_OBJECTS_SELECTOR="app.kubernetes.io/managed-by=fastapi-mlops-api"
 # What the API creates (app/runtime/permissions.py grants it no other kind).
 readonly API_KINDS="jobs,deployments,services"
 # What kubernetes/base holds; pods and ReplicaSets go with their owners.
-readonly PLATFORM_KINDS="deployments,statefulsets,jobs,services,configmaps,serviceaccounts,roles,rolebindings"
+readonly PLATFORM_KINDS="deployments,statefulsets,jobs,services,configmaps,networkpolicies,serviceaccounts,roles,rolebindings"
 readonly DATA_KINDS="persistentvolumeclaims,secrets"
 
 usage() {
@@ -27,11 +27,11 @@ usage() {
 Usage: ./${SCRIPT_NAME} [-y] [--purge] [NAMESPACE]
 
 Remove the MLOps platform from NAMESPACE (default: default): the control plane, the training
-Jobs and inference servers it created, MLflow, MinIO, PostgreSQL and their configuration.
+Jobs and inference servers it created, MLflow, SeaweedFS, PostgreSQL and their configuration.
 
 Options:
   -y, --yes    do not ask for confirmation
-  --purge      also delete the data: the PersistentVolumeClaims of PostgreSQL and MinIO and the
+  --purge      also delete the data: the PersistentVolumeClaims of PostgreSQL and SeaweedFS and the
                credential Secrets, and the namespace itself when deploy_all_k3s.sh created it
   -h, --help   show this help
 EOF
@@ -61,12 +61,12 @@ confirm() {
     context=$(kubectl config current-context 2>/dev/null) || context="(none)"
     {
         echo "This removes the MLOps platform from namespace '${NAMESPACE}' (kubectl context '${context}'):"
-        echo "  the control plane, its training Jobs and inference servers, MLflow, MinIO, PostgreSQL."
+        echo "  the control plane, its training Jobs and inference servers, MLflow, SeaweedFS, PostgreSQL."
         if [[ $PURGE == true ]]; then
-            echo "  --purge: ALSO the stored data (PostgreSQL and MinIO volumes), the credential Secrets,"
+            echo "  --purge: ALSO the stored data (PostgreSQL and SeaweedFS volumes), the credential Secrets,"
             echo "  and the namespace itself if deploy_all_k3s.sh created it."
         else
-            echo "  Kept: the PostgreSQL and MinIO volumes and the credential Secrets (use --purge to delete them)."
+            echo "  Kept: the PostgreSQL and SeaweedFS volumes and the credential Secrets (use --purge to delete them)."
         fi
         printf 'Continue? [y/N] '
     } >&2
@@ -89,7 +89,7 @@ delete_platform() {
     kubectl delete deployment fastapi-mlops-api --namespace "$NAMESPACE" --ignore-not-found
     log "Deleting the training Jobs and inference servers the API created"
     kubectl delete "$API_KINDS" --namespace "$NAMESPACE" --selector "$API_OBJECTS_SELECTOR" --ignore-not-found
-    log "Deleting the platform (MLflow, MinIO, PostgreSQL, configuration, RBAC)"
+    log "Deleting the platform (MLflow, SeaweedFS, PostgreSQL, configuration, network policy, RBAC)"
     kubectl delete "$PLATFORM_KINDS" --namespace "$NAMESPACE" --selector "$PLATFORM_SELECTOR" --ignore-not-found
 }
 
@@ -123,7 +123,7 @@ main() {
     if [[ $PURGE == true ]]; then
         purge_data
     else
-        log "Kept the PersistentVolumeClaims and credential Secrets (data of PostgreSQL and MinIO); --purge deletes them"
+        log "Kept the PersistentVolumeClaims and credential Secrets (data of PostgreSQL and SeaweedFS); --purge deletes them"
     fi
     log "Done: the MLOps platform is removed from namespace ${NAMESPACE}"
 }

@@ -31,7 +31,7 @@ usage() {
     cat <<EOF
 Usage: ./${SCRIPT_NAME} [OPTIONS] [NAMESPACE]
 
-Install the MLOps platform (PostgreSQL, MinIO, MLflow and the fastapi-mlops-api control plane)
+Install the MLOps platform (PostgreSQL, SeaweedFS, MLflow and the fastapi-mlops-api control plane)
 into NAMESPACE (default: default), creating it when absent.
 
 Options:
@@ -199,7 +199,7 @@ ensure_secrets() {
     if object_exists secret mlops-s3-credentials; then
         log "Secret mlops-s3-credentials exists: kept"
     else
-        log "Creating Secret mlops-s3-credentials (random MinIO root credentials)"
+        log "Creating Secret mlops-s3-credentials (random S3 access key and secret key)"
         access_key=$(random_hex 8)
         secret_key=$(random_hex 20)
         create_secret mlops-s3-credentials \
@@ -360,20 +360,34 @@ apply_manifests() {
 
 wait_for_rollouts() {
     local target
-    for target in statefulset/postgres statefulset/minio; do
+    for target in statefulset/postgres statefulset/seaweedfs; do
         log "Waiting for ${target}"
         kubectl rollout status "$target" --namespace "$NAMESPACE" --timeout "${TIMEOUT_SECONDS}s" ||
             die "${target} is not ready after ${TIMEOUT_SECONDS}s: see ./monitor_all.sh ${NAMESPACE}"
     done
-    log "Waiting for job/minio-create-buckets"
-    kubectl wait --for condition=complete job/minio-create-buckets --namespace "$NAMESPACE" \
+    log "Waiting for job/s3-create-buckets"
+    kubectl wait --for condition=complete job/s3-create-buckets --namespace "$NAMESPACE" \
         --timeout "${TIMEOUT_SECONDS}s" ||
-        die "the bucket Job did not complete after ${TIMEOUT_SECONDS}s: kubectl logs job/minio-create-buckets -n ${NAMESPACE}"
+        die "the bucket Job did not complete after ${TIMEOUT_SECONDS}s: kubectl logs job/s3-create-buckets -n ${NAMESPACE}"
     for target in deployment/mlflow deployment/fastapi-mlops-api; do
         log "Waiting for ${target}"
         kubectl rollout status "$target" --namespace "$NAMESPACE" --timeout "${TIMEOUT_SECONDS}s" ||
             die "${target} is not ready after ${TIMEOUT_SECONDS}s: see ./monitor_all.sh ${NAMESPACE}"
     done
+}
+
+# Platforms deployed before SeaweedFS replaced MinIO still have MinIO's StatefulSet, Service, bucket
+# Job and volume: kubectl apply leaves objects the manifests no longer name. They are not deleted
+# here (the volume holds that deployment's artifacts and data sets); the note says what to do.
+report_retired_minio() {
+    if object_exists statefulset minio; then
+        cat >&2 <<EOF
+${SCRIPT_NAME}: note: StatefulSet minio, from an earlier version of the platform, is still in namespace '${NAMESPACE}'.
+  The platform now keeps artifacts and data sets in SeaweedFS (http://seaweedfs:8333); MinIO and its
+  volume data-minio-0 were left as they are. Restart MLflow (it read MinIO's address at its start),
+  copy the buckets over, then remove MinIO: see "Moving from MinIO" in kubernetes/README.md.
+EOF
+    fi
 }
 
 print_access() {
@@ -386,8 +400,8 @@ The MLOps platform is running in namespace '${NAMESPACE}'.
     kubectl get secret mlops-api-tokens -n ${NAMESPACE} -o jsonpath='{.data.tokens}' | base64 -d
   MLflow UI (http://localhost:5000):
     kubectl port-forward svc/mlflow 5000:5000 -n ${NAMESPACE}
-  MinIO console (http://localhost:9001; user and password in Secret mlops-s3-credentials):
-    kubectl port-forward svc/minio 9001:9001 -n ${NAMESPACE}
+  S3 store (SeaweedFS; s3://datasets/ and s3://mlflow/, keys in Secret mlops-s3-credentials):
+    kubectl port-forward svc/seaweedfs 8333:8333 -n ${NAMESPACE}   then endpoint http://localhost:8333
   Status:  ./monitor_all.sh ${NAMESPACE}
   Removal: ./clear_all_k3s.sh ${NAMESPACE}
 EOF
@@ -411,6 +425,7 @@ main() {
     build_and_load_images
     apply_manifests
     wait_for_rollouts
+    report_retired_minio
     print_access
 }
 

@@ -1,17 +1,55 @@
 """`python -m app` (what `make run` runs): check the profiles, start MLflow if none is configured,
 then serve the API with uvicorn."""
 
+import logging
 import os
+import shutil
 import sys
+import tempfile
 
 import uvicorn
 
 from app.core.auth import TokenConfigError
+from app.logging_config import log_config
 from app.main import build_authenticator
+from app.metrics import MULTIPROCESS_DIR
 from app.profiles import ProfileError, load_profiles
 from app.settings import RuntimeKind, Settings
 from app.startup_checks import startup_problem
 from models import HANDLERS
+from models.logs import formatter
+
+
+def share_metrics_between_workers(workers: int) -> str | None:
+    """With several workers, each counts into files of one fresh directory that a scrape sums
+    (prometheus_client's multiprocess mode); the workers read it from the environment when they
+    start. Returns the directory made, to remove at exit."""
+    if workers < 2 or os.environ.get(MULTIPROCESS_DIR):
+        return None
+    directory = tempfile.mkdtemp(prefix="mlops-metrics-")
+    os.environ[MULTIPROCESS_DIR] = directory
+    return directory
+
+
+def announce(settings: Settings, base: str, profiles: dict, auth: str) -> None:
+    """Where everything is: readable lines for a terminal, one log line in the JSON format."""
+    facts = {"url": base, "docs": f"{base}/docs", "metrics": f"{base}/metrics", "runtime": settings.runtime.value,
+             "profiles": sorted(profiles), "auth": auth, "workers": settings.worker_count(),
+             "mlflowUi": settings.mlflow_uri, "dataDir": str(settings.data_dir)}
+    if settings.log_format == "json":
+        record = logging.LogRecord("mlops", logging.INFO, __file__, 0, "control plane starting", None, None)
+        record.__dict__.update(facts)
+        print(formatter("json").format(record), flush=True)
+        return
+    print(
+        f"MLOps control plane: {base} (API docs: {base}/docs, metrics: {base}/metrics)\n"
+        f"  runtime: {facts['runtime']}, profiles: {', '.join(facts['profiles'])}\n"
+        f"  auth: {auth}\n"
+        f"  workers: {facts['workers']}\n"
+        f"  MLflow UI: {facts['mlflowUi']}\n"
+        f"  data directory: {facts['dataDir']}",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -40,16 +78,9 @@ def main() -> int:
         # Workers build their Settings from the environment.
         os.environ["MLOPS_MLFLOW_URI"] = uri
         settings = Settings()
+    metrics_dir = share_metrics_between_workers(settings.worker_count())
     base = f"http://{settings.host}:{settings.port}"
-    print(
-        f"MLOps control plane: {base} (API docs: {base}/docs)\n"
-        f"  runtime: {settings.runtime.value}, profiles: {', '.join(sorted(profiles))}\n"
-        f"  auth: {authenticator.describe()}\n"
-        f"  workers: {settings.worker_count()}\n"
-        f"  MLflow UI: {settings.mlflow_uri}\n"
-        f"  data directory: {settings.data_dir}",
-        flush=True,
-    )
+    announce(settings, base, profiles, authenticator.describe())
     try:
         uvicorn.run(
             "app.main:create_app",
@@ -58,13 +89,15 @@ def main() -> int:
             port=settings.port,
             workers=settings.worker_count(),
             log_level=settings.log_level,
-            access_log=settings.access_log,
-            # uvicorn's httptools protocol, with predict calls forwarded from the parser.
-            http="app.predict_protocol:PredictProtocol",
+            log_config=log_config(settings.log_level, settings.log_format),
+            # The control plane writes one access line per request itself (app/access_log.py).
+            access_log=False,
             # Never hang on a client that will not finish; log streams end at once (app/shutdown.py).
             timeout_graceful_shutdown=30,
         )
     finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if mlflow_process is not None:
             from app import embedded_mlflow
 

@@ -27,6 +27,13 @@ class InvalidSpec(MlopsError):
     status_code, code = 422, "invalid_spec"
 
 
+class Unauthorized(MlopsError):
+    status_code, code = 401, "unauthorized"
+
+    def __init__(self, message: str = "a valid bearer token is required (Authorization: Bearer <token>)"):
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="mlops"'})
+
+
 class Forbidden(MlopsError):
     status_code, code = 403, "forbidden"
 
@@ -84,6 +91,20 @@ def error_body(code: str, message: str, field: str | None = None, **extra: Any) 
 def error_json(exc: MlopsError) -> bytes:
     """The JSON body of an error answer, for paths that answer without FastAPI's handlers."""
     return orjson.dumps(error_body(exc.code, exc.message, exc.field))
+
+
+def error_headers(exc: MlopsError) -> list[tuple[bytes, bytes]]:
+    """An error answer's headers as ASGI takes them: its content type and the error's own (Retry-After...)."""
+    return [(b"content-type", b"application/json"),
+            *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in exc.headers.items())]
+
+
+async def send_error(send: Any, exc: MlopsError, extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer with `exc` in the API's error shape, from an ASGI layer in front of FastAPI's handlers."""
+    body = error_json(exc)
+    headers = [*error_headers(exc), *(extra_headers or []), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

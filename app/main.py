@@ -6,19 +6,21 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import shutdown
+from app.access_log import AccessLog, AccessLogMiddleware
 from app.core.auth import Authenticator, authenticator_from
 from app.core.deployments import DeploymentService
 from app.core.manifests import ClusterRefs
-from app.core.openai_proxy import OpenAIProxy
-from app.core.proxy import PredictProxy
 from app.core.tracking import Tracking
 from app.core.training import TrainingService
+from app.dataplane import DataPlane, UpstreamClient
+from app.dataplane.admission import Admission
+from app.dataplane.plane import DataPlaneRoutes
+from app.dataplane.routes import openapi_paths
 from app.errors import install_error_handlers
+from app.metrics import RequestMetrics
 from app.middleware import AuthMiddleware, BodyLimitMiddleware
-from app.predict_protocol import PredictLane
 from app.profiles import load_profiles
-from app.routers import health, inference, openai, training
-from app.routers.inference import PredictFastPath
+from app.routers import health, inference, training
 from app.runtime.base import Runtime
 from app.settings import RuntimeKind, Settings
 from models import HANDLERS
@@ -47,13 +49,15 @@ def build_authenticator(settings: Settings) -> Authenticator:
     return authenticator_from(tokens, settings.auth_tokens_file, settings.auth_disabled, on_cluster)
 
 
-def document_security(app: FastAPI) -> None:
-    """Bearer auth in the OpenAPI document, so /docs has an Authorize button and the 401/403."""
+def document(app: FastAPI) -> None:
+    """The OpenAPI document: FastAPI's routes, the data plane's (served before FastAPI's routing),
+    and bearer auth, so /docs has an Authorize button and the 401/403."""
     build = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = build()
+            schema["paths"].update(openapi_paths())
             schema.setdefault("components", {})["securitySchemes"] = {
                 "bearerAuth": {"type": "http", "scheme": "bearer",
                                "description": "a token with role admin, or predict for the predict routes"}
@@ -87,22 +91,19 @@ def create_app(
     runtime = runtime or build_runtime(settings)
     tracking = tracking or Tracking(settings.mlflow_uri or "")
     refs = ClusterRefs(config_map=settings.config_map_name, s3_secret=settings.s3_secret_name)
-    proxy = PredictProxy(runtime.endpoints, profiles)
-    openai_proxy = OpenAIProxy(runtime.endpoints, profiles)
-    lane = PredictLane(proxy, profiles, authenticator, settings.max_predict_body_bytes)
+    access_log = AccessLog(settings.access_log)
+    request_metrics = RequestMetrics()
+    data_plane = DataPlane(Admission(runtime.endpoints, profiles, authenticator, settings.max_predict_body_bytes),
+                           UpstreamClient(), access_log, request_metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         shutdown.watch_signals()
         await runtime.start()
-        await proxy.start()
-        await openai_proxy.start()
         try:
             yield
         finally:
-            lane.access_log.flush()
-            await openai_proxy.close()
-            await proxy.close()
+            await data_plane.close()
             await runtime.close()
 
     app = FastAPI(
@@ -114,21 +115,18 @@ def create_app(
     app.state.settings = settings
     app.state.profiles = profiles
     app.state.runtime = runtime
-    app.state.proxy = proxy
-    app.state.openai_proxy = openai_proxy
-    # Predict calls taken straight from the HTTP parser (app/predict_protocol.py, `python -m app`).
-    app.state.predict_lane = lane
+    app.state.data_plane = data_plane
     app.state.training = TrainingService(runtime, profiles, tracking, refs)
     app.state.deployments = DeploymentService(runtime, profiles, tracking, refs)
     install_error_handlers(app)
-    # Added last = outermost: a caller without a token is refused before its body is read.
-    app.add_middleware(PredictFastPath)  # innermost: behind auth and body limits, before routing
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
-                       max_predict_bytes=settings.max_predict_body_bytes)
+    # Added last = outermost. A caller without a token is refused before its body is read; the
+    # data plane, outermost, admits its own calls by the same rules (app/dataplane/admission.py).
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, authenticator=authenticator)
-    document_security(app)
+    app.add_middleware(AccessLogMiddleware, access_log=access_log, metrics=request_metrics)
+    app.add_middleware(DataPlaneRoutes, plane=data_plane)
+    document(app)
     app.include_router(health.router)
     app.include_router(training.router)
     app.include_router(inference.router)
-    app.include_router(openai.router)
     return app

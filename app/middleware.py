@@ -1,29 +1,18 @@
-"""Pure ASGI middleware in front of every route: bearer-token auth and request body limits.
+"""Pure ASGI middleware in front of the management routes: bearer-token auth and body limits.
 
-Pure ASGI (not BaseHTTPMiddleware) so the predict hot path pays a dict lookup, not a task hop.
+The data plane (app/dataplane) sits in front of these and admits its own calls with the same
+token rule (Authenticator.authorize) and the profile's body limits.
 """
 
 from typing import Any
 
-import orjson
-
-from app.core.auth import Authenticator, Role, required_role
+from app.core.auth import Authenticator, required_role
+from app.errors import MlopsError, PayloadTooLarge, send_error
 
 Scope = dict[str, Any]
 
 
-async def _reply(send: Any, status: int, code: str, message: str, headers: list | None = None) -> None:
-    body = orjson.dumps({"error": {"code": code, "message": message}})
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    *(headers or [])],
-    })
-    await send({"type": "http.response.body", "body": body})
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
             return value.decode("latin-1")
@@ -36,36 +25,31 @@ class AuthMiddleware:
         self.authenticator = authenticator
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not self.authenticator.enabled:
-            return await self.app(scope, receive, send)
-        needed = required_role(scope["path"])
-        if needed is not None:
-            role = self.authenticator.role_of(_header(scope, b"authorization"))
-            if role is None:
-                return await _reply(send, 401, "unauthorized", "a valid bearer token is required (Authorization: "
-                                    "Bearer <token>)", [(b"www-authenticate", b'Bearer realm="mlops"')])
-            if needed == Role.ADMIN and role != Role.ADMIN:
-                return await _reply(send, 403, "forbidden",
-                                    f"this token has role '{role}', which may only call predict routes; "
-                                    f"{scope['method']} {scope['path']} needs role 'admin'")
+        if scope["type"] == "http" and self.authenticator.enabled:
+            try:
+                self.authenticator.authorize(required_role(scope["path"]), header(scope, b"authorization"),
+                                             scope["method"], scope["path"])
+            except MlopsError as exc:
+                return await send_error(send, exc)
         await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over the limit before they are read: by Content-Length, or while streaming."""
+    """Refuse bodies over the limit before they are read: by Content-Length, or while streaming.
+    (Predict bodies have the data plane's limits: the API's max_predict_body_bytes and the profile's.)"""
 
-    def __init__(self, app: Any, max_bytes: int, max_predict_bytes: int):
+    def __init__(self, app: Any, max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
-        self.max_predict_bytes = max_predict_bytes
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.max_predict_bytes if required_role(scope["path"]) == Role.PREDICT else self.max_bytes
-        declared = _header(scope, b"content-length")
+        limit = self.max_bytes
+        too_large = PayloadTooLarge(f"request body is larger than {limit} bytes")
+        declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await _reply(send, 413, "payload_too_large", f"request body is larger than {limit} bytes")
+            return await send_error(send, too_large)
         if declared is not None:
             # The server's HTTP parser holds the body to its declared length.
             return await self.app(scope, receive, send)
@@ -77,7 +61,7 @@ class BodyLimitMiddleware:
                 return
             body += message.get("body", b"")
             if len(body) > limit:
-                return await _reply(send, 413, "payload_too_large", f"request body is larger than {limit} bytes")
+                return await send_error(send, too_large)
             if not message.get("more_body"):
                 break
         replayed = False
@@ -90,5 +74,3 @@ class BodyLimitMiddleware:
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         await self.app(scope, replay, send)
-
-

@@ -25,9 +25,9 @@ class Settings(BaseSettings):
     # uvicorn worker processes; unset: 1 locally, one per core (at most 4) on Kubernetes.
     workers: int | None = Field(default=None, ge=1)
     log_level: str = "info"
-    # uvicorn's line per request, on by default since operators read it. Predict lines are
-    # formatted once per status and written in batches, so they cost the proxy little
-    # (app/access_log.py, docs/benchmarks.md).
+    # One JSON object per log line (models/logs.py); "text" for a terminal.
+    log_format: Literal["json", "text"] = "json"
+    # One line per request (app/access_log.py), on by default since operators read it.
     access_log: bool = True
 
     profiles_path: Path = PROJECT_ROOT / "model_profiles.yaml"

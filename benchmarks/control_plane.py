@@ -75,6 +75,9 @@ class ControlPlane:
         # The model server runs under the API's supervisor: counted on its own, not here.
         return self.server.rss_mib(skip=lambda command: SUPERVISOR in command)
 
+    def api_cpu_seconds(self) -> float:
+        return self.server.cpu_seconds(skip=lambda command: SUPERVISOR in command)
+
     def undeploy(self) -> None:
         """Remove the deployment, which stops its model server."""
         status, answer = request(f"{self.url}/api/v1/inference/deployments/{TASK_ID}", "DELETE", timeout=60)

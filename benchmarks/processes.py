@@ -1,5 +1,5 @@
 """Server processes of the benchmark: start (optionally pinned to CPUs), wait until ready, measure
-resident memory of the whole process tree, stop the whole process group."""
+resident memory and CPU time of the whole process tree, stop the whole process group."""
 
 import contextlib
 import os
@@ -85,6 +85,29 @@ def tree_rss_mib(root: int, skip: Callable[[str], bool] = lambda _: False) -> fl
     return total / 1024
 
 
+def _cpu_ticks(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def tree_cpu_seconds(root: int, skip: Callable[[str], bool] = lambda _: False) -> float:
+    """User and system CPU time a process and its live descendants have used, in seconds; subtrees
+    whose command line `skip` matches are left out."""
+    children = _children()
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        if pid != root and skip(_cmdline(pid)):
+            continue
+        total += _cpu_ticks(pid)
+        stack.extend(children.get(pid, []))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Server:
     """One server process (and its group); `ready_url` answers 200 once it can serve."""
@@ -121,6 +144,9 @@ class Server:
 
     def rss_mib(self, skip: Callable[[str], bool] = lambda _: False) -> float:
         return tree_rss_mib(self.process.pid, skip) if self.process else 0.0
+
+    def cpu_seconds(self, skip: Callable[[str], bool] = lambda _: False) -> float:
+        return tree_cpu_seconds(self.process.pid, skip) if self.process else 0.0
 
     def stop(self, grace: float = 10.0) -> None:
         if self.process is None:

@@ -8,7 +8,8 @@ from importlib import metadata
 
 from benchmarks.results import Measurement
 
-OUR_PACKAGES = ("uvicorn", "httptools", "uvloop", "orjson", "numpy", "scikit-learn", "aiohttp", "fastapi", "starlette")
+OUR_PACKAGES = ("uvicorn", "httptools", "uvloop", "orjson", "numpy", "scikit-learn", "pyreqwest", "fastapi",
+                "starlette", "onnxruntime", "treelite")
 PEER_NAMES = ("mlflow", "mlserver", "kserve")
 
 
@@ -50,6 +51,9 @@ def _server_table(rows: list[Measurement], loads: list[str]) -> list[str]:
     for load in loads:
         header += [f"{load} req/s", f"{load} p50 ms", f"{load} p99 ms"]
     header += ["start-up to Ready s", "RSS MiB", "errors"]
+    with_cpu = any(m.hop_cpu_us is not None for m in rows)
+    if with_cpu:
+        header.append("hop CPU µs/request at c=32")
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for (server, number), cells in sorted(by_server.items(), key=lambda item: (item[0][0] != "ours", item[0])):
         any_m = next(iter(cells.values()))
@@ -60,6 +64,9 @@ def _server_table(rows: list[Measurement], loads: list[str]) -> list[str]:
                     _cell(m.result.p99_ms if m else None, 1)]
         errors = sum(m.result.errors for m in cells.values())
         row += [_cell(any_m.startup_seconds, 1), _cell(any_m.rss_mib), str(errors)]
+        if with_cpu:
+            busiest = next((m for m in cells.values() if m.load.connections == 32), None)
+            row.append(_cell(busiest.hop_cpu_us if busiest else None))
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -81,8 +88,9 @@ def _ratios(rows: list[Measurement], load: str) -> list[str]:
     return lines
 
 
-def _proxy_lines(rows: list[Measurement]) -> list[str]:
-    """Proxied against direct, per pass and worker count: share of req/s at c=32, added p50 at c=1."""
+def _proxy_lines(rows: list[Measurement], peers: list[Measurement]) -> list[str]:
+    """Proxied against direct, per pass and worker count: share of req/s at c=32, added p50 at c=1,
+    the API's CPU per call beside nginx's, and the req/s against the fastest peer called directly."""
     def find(number: int, variant: str | None, route: str, connections: int) -> Measurement | None:
         return next((m for m in rows if (m.pass_number, m.variant, m.route, m.load.connections)
                      == (number, variant, route, connections)), None)
@@ -100,6 +108,18 @@ def _proxy_lines(rows: list[Measurement]) -> list[str]:
         single_direct = find(m.pass_number, m.variant, "direct", 1)
         if single and single_direct:
             text += f"; **{single.result.p50_ms - single_direct.result.p50_ms:+.2f} ms** on the p50 at c=1"
+        behind_nginx = find(m.pass_number, m.variant, "nginx", 32)
+        if behind_nginx is not None:
+            text += f"; nginx in front of it: {behind_nginx.result.rps / direct.result.rps:.0%}"
+            if m.hop_cpu_us is not None and behind_nginx.hop_cpu_us is not None:
+                text += (f"; CPU per forwarded call: the API **{m.hop_cpu_us:.0f} µs**, nginx "
+                         f"{behind_nginx.hop_cpu_us:.0f} µs")
+        fastest = max((p for p in peers if p.pass_number == m.pass_number and p.model == m.model
+                       and p.server in PEER_NAMES and p.load.name == m.load.name),
+                      key=lambda p: p.result.rps, default=None)
+        if fastest is not None:
+            text += (f"; **{m.result.rps / fastest.result.rps:.1f}x** the fastest peer called directly "
+                     f"({fastest.server}, {fastest.result.rps:,.0f} req/s)")
         lines.append(text)
     return lines
 
@@ -171,17 +191,17 @@ def render(context: Context, measurements: list[Measurement]) -> str:
             "## The control plane's predict proxy",
             "",
             "`python -m app` on the local runtime with `MLOPS_WORKERS` API workers (its defaults otherwise: log level",
-            "info, so uvicorn's access log is on), a deployment made through the API, and",
-            "`POST /api/v1/inference/{task_id}/predict`; against the same model server called on its own port, in",
-            "alternating order. Start-up and RSS are the API's (its workers, without the model server). The three",
-            "processes (wrk, the API, the model server) share the two cores, so the faster the model server, the",
-            "larger the share of the CPU the proxy's work takes from it. The proxy: the API's HTTP protocol",
-            "(`app/predict_protocol.py`, uvicorn's httptools protocol extended) takes a predict call for a Ready",
-            "tabular model straight from the parser, after the same token and size checks as the middleware, with no",
-            "ASGI task or message; the body goes as raw bytes over a callback-driven HTTP/1.1 client (asyncio and",
-            "httptools) with one keep-alive pool per model server and worker, and the answer is written back from the",
-            "client's callback. uvicorn's access line for it is formatted once per status and written once per turn",
-            "of the event loop. `MLOPS_LOG_LEVEL=warning` rows: the same without the access log.",
+            "info, so the access log is on), a deployment made through the API, and",
+            "`POST /api/v1/inference/{task_id}/predict`; against the same model server called on its own port, and",
+            "through nginx in front of it (one worker, a keep-alive upstream pool, no access log), in alternating",
+            "order. Start-up and RSS are the API's (its workers, without the model server). The processes (wrk, the",
+            "API or nginx, the model server) share the two cores, so the faster the model server, the larger the",
+            "share of the CPU the proxy's work takes from it. The data plane (`app/dataplane`) is the API's",
+            "outermost ASGI layer under uvicorn (httptools, uvloop), on public APIs only: it admits the call from",
+            "memory (token, Ready endpoint, body limits), forwards the raw bytes with pyreqwest's pooled client, and",
+            "writes one access line per call. Hop CPU is the user and system time of the API's processes (or",
+            "nginx's) over the c=32 run, divided by its requests. `MLOPS_LOG_LEVEL=warning` rows: the same without",
+            "the access log.",
             "",
             "The p99 at c=32 through the control plane is the two cores' doing, not the hop's: at that rate the API,",
             'the model server and wrk want more CPU than there is, and a process that waits for a core holds its',
@@ -197,5 +217,6 @@ def render(context: Context, measurements: list[Measurement]) -> str:
             if not rows:
                 continue
             loads = list(dict.fromkeys(m.load.name for m in rows))
-            out += [f"### {title}", "", *_server_table(rows, loads), "", *_proxy_lines(rows), ""]
+            peers = [m for m in measurements if m.model == key and m.route is None]
+            out += [f"### {title}", "", *_server_table(rows, loads), "", *_proxy_lines(rows, peers), ""]
     return "\n".join(out)

@@ -24,6 +24,8 @@ class Measurement:
     result: LoadResult
     startup_seconds: float | None
     rss_mib: float | None
-    # Control-plane runs: "direct" or "proxied", and the API's settings (workers, environment).
+    # Control-plane runs: "direct", "proxied" or "nginx", and the API's settings (workers, environment).
     route: str | None = None
     variant: str | None = None
+    # The proxy hop's CPU time (the API's, or nginx's) per request of this load, in microseconds.
+    hop_cpu_us: float | None = None

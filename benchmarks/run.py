@@ -16,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from app import embedded_mlflow
-from benchmarks import environments, report
+from benchmarks import environments, nginx, report
 from benchmarks.control_plane import ControlPlane, stop_workloads
 from benchmarks.load import LoadError, LoadResult, require_wrk, run_wrk
 from benchmarks.models import (
@@ -86,18 +87,22 @@ def check_answer(target: Target, url: str, model: BenchModel, rows: np.ndarray) 
         raise RuntimeError(f"{target.name} predicted {got[:3]}..., scikit-learn {model.estimator.predict(rows)[:3]}...")
 
 
-def drive(url: str, target: Target, model: BenchModel, loads: list[Load], settings: Settings) -> list[
-        tuple[Load, LoadResult]]:
+def drive(url: str, target: Target, model: BenchModel, loads: list[Load], settings: Settings,
+          hop_cpu: Callable[[], float] | None = None) -> list[tuple[Load, LoadResult, float | None]]:
+    """Each load in turn; with `hop_cpu` (a process tree's CPU seconds so far), also the CPU time
+    that tree used per request of each load, in microseconds."""
     results = []
     for load in loads:
         rows = model.rows[: load.rows]
         check_answer(target, url, model, rows)
         body = write_body(target, rows)
         run_wrk(url, body, load.connections, settings.warmup_seconds, settings.load_cpus)
+        cpu_before = hop_cpu() if hop_cpu else 0.0
         result = run_wrk(url, body, load.connections, load.seconds, settings.load_cpus)
+        cpu_us = (hop_cpu() - cpu_before) * 1e6 / result.requests if hop_cpu and result.requests else None
         print(f"    {load.name:>14}: {result.rps:8.0f} req/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
-              f"  errors {result.errors}", flush=True)
-        results.append((load, result))
+              f"  errors {result.errors}" + (f"  hop CPU {cpu_us:.0f} µs/request" if cpu_us else ""), flush=True)
+        results.append((load, result, cpu_us))
     return results
 
 
@@ -112,12 +117,13 @@ def measure_server(target: Target, model: BenchModel, peer: environments.PeerEnv
     finally:
         server.stop()
     return [Measurement(pass_number, model.key, target.name, load, result, server.startup_seconds, rss)
-            for load, result in results]
+            for load, result, _ in results]
 
 
 def measure_control_plane(model: BenchModel, tracking_uri: str, settings: Settings, pass_number: int,
                           workers: int, api_env: dict[str, str]) -> list[Measurement]:
-    """Calls through the API and straight to the model server it deployed, in alternating order."""
+    """Calls through the API, straight to the model server it deployed, and through nginx in front of
+    that server (the floor of one proxy hop), in alternating order."""
     ours = TARGETS["ours"]
     plane = ControlPlane(WORK, tracking_uri, workers, api_env)
     settings_text = [f"{workers} API worker{'s' if workers > 1 else ''}", *(f"{k}={v}" for k, v in api_env.items())]
@@ -127,18 +133,29 @@ def measure_control_plane(model: BenchModel, tracking_uri: str, settings: Settin
     measurements = []
     try:
         plane.deploy(model, ours.body(model.rows[:1]))
-        routes = [("direct", plane.direct_url()), ("proxied", plane.predict_url)]
+        routes = ["direct", "proxied", *(["nginx"] if nginx.available() else [])]
         if pass_number % 2 == 0:
             routes.reverse()
         loads = loads_for(model.key, settings)[:2]
-        for route, url in routes:
+        for route in routes:
             print(f"   {route}", flush=True)
-            name = f"direct (beside the API: {variant})" if route == "direct" else f"proxied ({variant})"
-            for load, result in drive(url, ours, model, loads, settings):
-                proxied = route == "proxied"
+            proxied = route == "proxied"
+            if route == "nginx":
+                server, url = nginx.nginx_in_front_of(plane.direct_url(), WORK)
+                server.start(settings.server_cpus)
+                try:
+                    results = drive(url, ours, model, loads, settings, server.cpu_seconds)
+                finally:
+                    server.stop()
+                name = f"nginx in front of the model server (beside the API: {variant})"
+            else:
+                url = plane.predict_url if proxied else plane.direct_url()
+                results = drive(url, ours, model, loads, settings, plane.api_cpu_seconds if proxied else None)
+                name = f"proxied ({variant})" if proxied else f"direct (beside the API: {variant})"
+            for load, result, cpu_us in results:
                 measurements.append(Measurement(
                     pass_number, model.key, name, load, result, plane.server.startup_seconds if proxied else None,
-                    plane.api_rss_mib() if proxied else None, route, variant))
+                    plane.api_rss_mib() if proxied else None, route, variant, cpu_us))
         plane.undeploy()
     finally:
         plane.stop()

@@ -69,3 +69,6 @@ def dataset_scheme(path: str) -> str:
     """
     scheme = urlparse(path).scheme.lower()
     return scheme if scheme else "local"
+
+# The trainer's whole log, kept as this artifact of its run (it outlives the pod).
+TRAINER_LOG_ARTIFACT = "logs/trainer.log"

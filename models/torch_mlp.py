@@ -5,7 +5,6 @@ self-contained program: no class from this module is needed to load or run it.
 """
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from torch import nn
 
 from models.base import InputError, TabularData, TrainContext, TrainingError
 from models.datasets import TabularHandler, split
+from models.logs import event
 from models.spec import MODEL_ARTIFACT_PATH
 
 
@@ -100,15 +100,15 @@ class TorchMlpRegressorHandler(TabularHandler):
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * len(rows)
+                total += loss.item() * len(rows)
             if not math.isfinite(total):
                 raise TrainingError(f"training diverged at epoch {epoch} (loss is {total}); lower learningRate")
             metrics = {"train_loss": total / len(order), **self._evaluate(model, x, y, train_idx, val_idx, device)}
             mlflow.log_metrics({**metrics, **progress, "progress_epoch": epoch,
                                 "progress_step": epoch * steps_per_epoch}, step=epoch, synchronous=False)
             seconds = time.perf_counter() - started
-            print(json.dumps({"message": "epoch", "epoch": epoch, "epochs": epochs, "seconds": round(seconds, 4),
-                              **{k: round(v, 6) for k, v in metrics.items()}}), flush=True)
+            event("epoch", epoch=epoch, epochs=epochs, seconds=round(seconds, 4),
+                  **{k: round(v, 6) for k, v in metrics.items()})
             final = metrics
         self._log_model(model.cpu().eval(), data, context)
         return final

@@ -6,6 +6,7 @@ Deployment's container (script/serve.py) as a real model server that the fake's 
 forwards to. Nothing in the routers knows which runtime is underneath.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -136,7 +137,8 @@ def test_train_status_deploy_predict_delete_on_kubernetes(
             run_id = status["mlflowRunId"]
             assert run_id and len(run_id) == 32
             logs = client.get("/api/v1/train/jobs/k8s-train/logs").text
-            assert '"message": "run finished"' in logs and run_id in logs
+            finished = [json.loads(line) for line in logs.splitlines() if '"run finished"' in line]
+            assert finished and finished[0]["runId"] == run_id
             assert len(client.get("/api/v1/train/jobs/k8s-train/logs", params={"tail": 2}).text.splitlines()) == 2
 
             deploy = {"taskId": "k8s-deploy", "modelId": "house-k8s", "mlflowRunId": run_id,
@@ -177,6 +179,15 @@ def test_train_status_deploy_predict_delete_on_kubernetes(
             assert client.delete("/api/v1/inference/deployments/k8s-deploy").status_code == 200
             assert fake.names("deployments") == [] and fake.names("services") == []
             assert client.post("/api/v1/inference/k8s-deploy/predict", json=PREDICT_BODY).status_code == 404
+            # The Job's pod is gone (garbage-collected, a drained node): the log kept with the run is served.
+            for pod in fake.pods_of("train-k8s-train"):
+                fake.delete("pods", pod)
+            for kept in (client.get("/api/v1/train/jobs/k8s-train/logs").text,
+                         client.get("/api/v1/train/jobs/k8s-train/logs", params={"follow": "true"}).text):
+                lines = [json.loads(line) for line in kept.splitlines()]
+                assert [e["runId"] for e in lines if e["message"] == "run finished"] == [run_id]
+                assert all(e["taskId"] == "k8s-train" for e in lines)
+            assert len(client.get("/api/v1/train/jobs/k8s-train/logs", params={"tail": 1}).text.splitlines()) == 1
             assert client.delete("/api/v1/train/jobs/k8s-train").status_code == 200
             assert fake.names("jobs") == [] and fake.names("pods") == []
             assert client.get("/api/v1/train/jobs/k8s-train/status").status_code == 404
@@ -199,6 +210,10 @@ def test_a_failed_training_job_shows_the_trainers_error(mlflow_uri: str, tmp_pat
             run_trainer_as_kubelet(fake, "train-bad-target", dataset, mlflow_uri, tmp_path)
             status = client.get("/api/v1/train/jobs/bad-target/status").json()
             assert status["status"] == "Failed"
+            for pod in fake.pods_of("train-bad-target"):
+                fake.delete("pods", pod)
+            kept = client.get("/api/v1/train/jobs/bad-target/logs").text
+            assert '"training failed: target column' in kept and '"level":"ERROR"' in kept
             assert status["message"].startswith("BackoffLimitExceeded: trainer exited with code 1: ")
             assert "target column 'no_such_column' not found" in status["message"]
             assert "no_such_column" in client.get("/api/v1/train/jobs/bad-target/logs").text

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import httpx
+from mlflow.tracking import MlflowClient
 
 from tests.support import classification_csv, regression_csv, wait_until
 
@@ -66,7 +67,11 @@ def test_seed_walkthrough_train_deploy_predict_restart_delete(api_factory, tmp_p
         assert run_id and len(run_id) == 32
 
         logs = client.get("/api/v1/train/jobs/train-reg-01/logs").text
-        epochs = [json.loads(line) for line in logs.splitlines() if line.startswith('{"message": "epoch"')]
+        events = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+        epochs = [e for e in events if e["message"] == "epoch"]
+        assert all(e["taskId"] == "train-reg-01" and e["level"] in ("INFO", "WARNING") and "time" in e
+                   for e in events)
+        assert all(line.startswith("{") for line in logs.splitlines())  # MLflow's own lines too
         assert [e["epoch"] for e in epochs] == list(range(1, 41))
         assert epochs[-1]["val_r2"] > 0.9
         tail = client.get("/api/v1/train/jobs/train-reg-01/logs", params={"tail": 2}).text
@@ -103,6 +108,10 @@ def test_seed_walkthrough_train_deploy_predict_restart_delete(api_factory, tmp_p
 
         assert client.delete("/api/v1/inference/deployments/deploy-reg-01").status_code == 200
         assert client.get("/api/v1/inference/deployments/deploy-reg-01").status_code == 404
+        # The model server's last output is kept with the run it served.
+        kept = MlflowClient(api.env["MLOPS_MLFLOW_URI"]).download_artifacts(
+            run_id, "serving-logs/deploy-reg-01.log", str(tmp_path))
+        assert Path(kept).read_text().strip()
         assert client.post("/api/v1/inference/deploy-reg-01/predict", json=SEED_PREDICT_BODY).status_code == 404
         assert client.delete("/api/v1/train/jobs/train-reg-01").status_code == 200
         assert client.get("/api/v1/train/jobs/train-reg-01/status").status_code == 404
@@ -172,7 +181,8 @@ def test_logs_follow_streams_until_the_job_ends(api, tmp_path: Path) -> None:
             for chunk in r.iter_text():
                 chunks.append(chunk)
         text = "".join(chunks)
-        assert '"epoch": 15' in text and '"message": "done"' in text
+        events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        assert any(e.get("epoch") == 15 for e in events) and events[-1]["message"] == "done"
         assert len(chunks) > 1  # it arrived as the job went, not at once
         assert client.get("/api/v1/train/jobs/follow-me/status").json()["status"] == "Succeeded"
 

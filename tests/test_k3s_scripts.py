@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.platform_support.contract import MANAGED_BY_API, RUNTIME_IMAGES, SECRET_KEYS
+from tests.platform_support.contract import MANAGED_BY_API, PART_OF, RUNTIME_IMAGES, SECRET_KEYS
 from tests.platform_support.fake_cluster import REPO_ROOT, Call, FakeCluster, secret_data
 
 SCRIPTS = ("deploy_all_k3s.sh", "monitor_all.sh", "clear_all_k3s.sh", "docker/build_images.sh")
@@ -155,10 +155,11 @@ def test_first_deploy_runs_every_step_in_order_in_the_namespace(first_deploy) ->
         "docker image inspect --format {{.Id}} localhost:5002/fastapi-mlops-api:latest",
         "kubectl apply --kustomize OVERLAY",
         f"kubectl rollout status statefulset/postgres --namespace {NS} --timeout 300s",
-        f"kubectl rollout status statefulset/minio --namespace {NS} --timeout 300s",
-        f"kubectl wait --for condition=complete job/minio-create-buckets --namespace {NS} --timeout 300s",
+        f"kubectl rollout status statefulset/seaweedfs --namespace {NS} --timeout 300s",
+        f"kubectl wait --for condition=complete job/s3-create-buckets --namespace {NS} --timeout 300s",
         f"kubectl rollout status deployment/mlflow --namespace {NS} --timeout 300s",
         f"kubectl rollout status deployment/fastapi-mlops-api --namespace {NS} --timeout 300s",
+        f"kubectl get statefulset minio --namespace {NS} --ignore-not-found --output name",
     ]
 
     namespace_doc = yaml.safe_load(calls[1].stdin)
@@ -178,7 +179,8 @@ def test_first_deploy_runs_every_step_in_order_in_the_namespace(first_deploy) ->
     assert overlay["namespace"] == NS and overlay["resources"] == ["../base"]
     assert {(obj["namespace"], obj["result"]) for obj in apply.applied} == {(NS, "created")}
     assert {f"{obj['kind']}/{obj['name']}" for obj in apply.applied} >= {
-        "StatefulSet/postgres", "StatefulSet/minio", "Job/minio-create-buckets", "Deployment/mlflow",
+        "StatefulSet/postgres", "StatefulSet/seaweedfs", "Service/seaweedfs", "NetworkPolicy/seaweedfs",
+        "Job/s3-create-buckets", "ConfigMap/mlops-s3-buckets-script", "Deployment/mlflow",
         "Service/mlflow", "Deployment/fastapi-mlops-api", "Service/fastapi-mlops-api-service",
         "ServiceAccount/fastapi-mlops-api", "Role/fastapi-mlops-api", "RoleBinding/fastapi-mlops-api",
         "ConfigMap/mlops-config",
@@ -192,6 +194,8 @@ def test_deploy_output_says_how_to_reach_the_api_and_mlflow(first_deploy) -> Non
     _, result = first_deploy
     assert f"kubectl port-forward svc/fastapi-mlops-api-service 8000:80 -n {NS}" in result.stdout
     assert f"kubectl port-forward svc/mlflow 5000:5000 -n {NS}" in result.stdout
+    assert f"kubectl port-forward svc/seaweedfs 8333:8333 -n {NS}" in result.stdout
+    assert "minio" not in result.stdout.lower() + result.stderr.lower()
 
 
 def test_secrets_are_random_labelled_and_never_on_a_command_line(tmp_path: Path, first_deploy) -> None:
@@ -208,7 +212,7 @@ def test_secrets_are_random_labelled_and_never_on_a_command_line(tmp_path: Path,
         s3, postgres = secrets["mlops-s3-credentials"], secrets["mlops-postgres-credentials"]
         tokens = re.fullmatch(r"admin:([0-9a-f]{48}),predict:([0-9a-f]{48})", secrets["mlops-api-tokens"]["tokens"])
         assert tokens, secrets["mlops-api-tokens"]
-        # URL-safe (MLflow's database URI embeds them) and long enough (MinIO wants >= 8).
+        # URL-safe (MLflow's database URI embeds them) and long: 160 random bits and more.
         for value in (s3["AWS_SECRET_ACCESS_KEY"], postgres["POSTGRES_PASSWORD"]):
             assert re.fullmatch(r"[0-9a-f]{32,}", value), value
         assert re.fullmatch(r"mlops[0-9a-f]{16}", s3["AWS_ACCESS_KEY_ID"])
@@ -301,6 +305,24 @@ def test_unreachable_cluster_is_reported(cluster: FakeCluster) -> None:
     assert result.returncode == 1 and "cannot reach the cluster" in result.stderr
 
 
+def test_deploy_over_a_minio_platform_keeps_minio_and_says_how_to_move_its_data(deployed: FakeCluster) -> None:
+    """A namespace deployed before SeaweedFS replaced MinIO: its MinIO objects and volume stay."""
+    cluster = deployed
+    old = dict([PART_OF, ("app.kubernetes.io/name", "minio")])
+    for kind, name in (("statefulset", "minio"), ("service", "minio"), ("job", "minio-create-buckets"),
+                       ("persistentvolumeclaim", "data-minio-0")):
+        cluster.add_object(NS, kind, name, old)
+    before = len(cluster.calls())
+
+    result = ok(cluster.run("deploy_all_k3s.sh", "--skip-build", NS))
+
+    assert f"StatefulSet minio, from an earlier version of the platform, is still in namespace '{NS}'" in result.stderr
+    assert "Restart MLflow" in result.stderr and 'see "Moving from MinIO" in kubernetes/README.md' in result.stderr
+    assert not [call for call in known_calls(cluster)[before:] if call.argv[:1] == ["delete"]]
+    assert {"statefulset/minio", "persistentvolumeclaim/data-minio-0"} <= set(cluster.objects(NS))
+    assert "statefulset/seaweedfs" in cluster.objects(NS)
+
+
 # ----------------------------------------------------------------------------- build_images.sh
 
 
@@ -356,14 +378,15 @@ def test_clear_removes_the_platform_and_the_api_objects_but_keeps_data(deployed:
         f"kubectl delete deployment fastapi-mlops-api --namespace {NS} --ignore-not-found",
         f"kubectl delete jobs,deployments,services --namespace {NS} "
         "--selector app.kubernetes.io/managed-by=fastapi-mlops-api --ignore-not-found",
-        f"kubectl delete deployments,statefulsets,jobs,services,configmaps,serviceaccounts,roles,rolebindings "
+        f"kubectl delete deployments,statefulsets,jobs,services,configmaps,networkpolicies,serviceaccounts,roles,"
+        "rolebindings "
         f"--namespace {NS} --selector app.kubernetes.io/part-of=mlops-platform --ignore-not-found",
     ]
     left = set(cluster.objects(NS))
     assert left == {
         "deployment/someone-elses-app",
         "secret/mlops-s3-credentials", "secret/mlops-postgres-credentials", "secret/mlops-api-tokens",
-        "persistentvolumeclaim/data-postgres-0", "persistentvolumeclaim/data-minio-0",
+        "persistentvolumeclaim/data-postgres-0", "persistentvolumeclaim/data-seaweedfs-0",
         "persistentvolumeclaim/mlops-model-cache",  # model weights are data too
     }
     assert NS in cluster.state()["namespaces"]
@@ -411,7 +434,7 @@ def test_clear_proceeds_on_yes(deployed: FakeCluster) -> None:
     ok(cluster.run("clear_all_k3s.sh", NS, input="y\n"))
     assert set(cluster.objects(NS)) == {
         "secret/mlops-s3-credentials", "secret/mlops-postgres-credentials", "secret/mlops-api-tokens",
-        "persistentvolumeclaim/data-postgres-0", "persistentvolumeclaim/data-minio-0",
+        "persistentvolumeclaim/data-postgres-0", "persistentvolumeclaim/data-seaweedfs-0",
         "persistentvolumeclaim/mlops-model-cache",
     }
 
@@ -445,7 +468,7 @@ def test_monitor_shows_every_section_of_the_namespace(deployed: FakeCluster) -> 
         assert f"=== {heading}" in out
     assert out.startswith(f"MLOps platform | namespace {NS} | context fake-k3s |")
     assert "fastapi-mlops-api-0   1/1   Running" in out
-    assert "job/minio-create-buckets" in out and "service/fastapi-mlops-api-service" in out
+    assert "job/s3-create-buckets" in out and "service/fastapi-mlops-api-service" in out
     # GPU node: 2 allocatable, 1 allocated (an unscheduled pod's GPU counts nowhere).
     assert re.search(r"^k3s-gpu-node\s+2\s+1$", out, re.M)
     assert re.search(r"^k3s-cpu-node\s+0\s+0$", out, re.M)

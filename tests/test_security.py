@@ -1,6 +1,7 @@
 """Only the right people in: bearer tokens with two roles, body limits, and no token in any log."""
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,7 +115,9 @@ def test_token_configuration_errors_are_clear() -> None:
 
 def test_tokens_never_reach_logs_or_workloads(api_factory, tmp_path: Path) -> None:
     api = api_factory(MLOPS_API_TOKENS=f"admin:{ADMIN},predict:{PREDICTOR}")
-    assert "auth: on (2 token(s), roles: admin, predict)" in api.log_path.read_text()
+    started = next(json.loads(line) for line in api.log_path.read_text().splitlines()
+                   if '"control plane starting"' in line)
+    assert started["auth"] == "on (2 token(s), roles: admin, predict)"
     csv = regression_csv(tmp_path / "data.csv", rows=60)
     with api.client(headers=bearer(ADMIN)) as client:
         client.post("/api/v1/train/jobs", json={"taskId": "t-sec", "experimentName": "sec",

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from app.errors import Forbidden, Unauthorized
+
 
 class Role(StrEnum):
     ADMIN = "admin"
@@ -101,6 +103,18 @@ class Authenticator:
             return "off (no tokens configured; anyone who reaches the port may call the API)"
         roles = sorted({entry.role.value for entry in self.entries})
         return f"on ({len(self.entries)} token(s), roles: {', '.join(roles)})"
+
+
+    def authorize(self, needed: Role | None, authorization: str | None, method: str, path: str) -> None:
+        """Raise Unauthorized (no valid token) or Forbidden (a role that may not call this route)."""
+        if not self.enabled or needed is None:
+            return
+        role = self.role_of(authorization)
+        if role is None:
+            raise Unauthorized()
+        if needed == Role.ADMIN and role != Role.ADMIN:
+            raise Forbidden(f"this token has role '{role}', which may only call predict routes; "
+                            f"{method} {path} needs role 'admin'")
 
 
 class AuthRequired(TokenConfigError):

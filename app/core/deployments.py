@@ -1,5 +1,6 @@
 """Inference tasks: check the MLflow run, build the Deployment and Service, hand them to the runtime."""
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,13 @@ from app.core.tracking import Tracking
 from app.core.training import find_profile
 from app.errors import Forbidden, InvalidSpec, TaskConflict, TaskNotFound
 from app.profiles import ModelProfile
-from app.runtime.base import AlreadyExists, Runtime, WorkloadState
+from app.runtime.base import AlreadyExists, LogGone, Runtime, WorkloadState
 from app.schemas.inference import DeploymentStatus, DeploymentTask, DeployRequest
 from models.spec import MODEL_ARTIFACT_PATH, ServeSpec
+
+log = logging.getLogger("mlops.deployments")
+# A deleted deployment's last model-server output: serving-logs/<taskId>.log of the run it served.
+SERVING_LOGS = "serving-logs"
 
 
 def predict_path(task_id: str) -> str:
@@ -129,8 +134,27 @@ class DeploymentService:
         return [self._task(state) for state in await run_blocking(self.runtime.list, KIND_INFERENCE)]
 
     async def delete(self, task_id: str) -> None:
-        if id_problem(task_id) is not None or not await run_blocking(self.runtime.delete, KIND_INFERENCE, task_id):
+        state = await run_blocking(self.runtime.get, KIND_INFERENCE, task_id) if id_problem(task_id) is None else None
+        if state is not None:
+            await self._keep_last_log(state)
+        if state is None or not await run_blocking(self.runtime.delete, KIND_INFERENCE, task_id):
             raise TaskNotFound(f"no deployment '{task_id}'", field="taskId")
+
+    async def _keep_last_log(self, state: WorkloadState) -> None:
+        """The model server's output, kept as the artifact serving-logs/<taskId>.log of the run it
+        served, before its pods go. A log that cannot be kept is said in the API's log; it never
+        stops the deletion."""
+        run_id = state.request.get("mlflowRunId")
+        if not run_id:
+            return  # a model by reference (a language model) has no run to keep it in
+        try:
+            text = await run_blocking(self.runtime.read_logs, KIND_INFERENCE, state.task_id, None)
+            await run_blocking(self.tracking.keep_text, run_id, text, f"{SERVING_LOGS}/{state.task_id}.log")
+        except LogGone:
+            return
+        except Exception as exc:  # MLflow or the cluster failing must not block a delete
+            log.warning("could not keep the last log of deployment %s: %s", state.task_id, exc,
+                        extra={"taskId": state.task_id})
 
     async def logs(self, task_id: str, tail: int | None) -> str:
         await self.get(task_id)
@@ -147,6 +171,7 @@ class DeploymentService:
             model_profile=request["modelProfile"],
             use_gpu=request.get("useGpu", False),
             replicas=request.get("replicas", 1),
+            ready_replicas=state.ready_replicas or 0,
             status=DeploymentStatus(state.phase),
             message=state.message,
             service_name=inference_name(request["modelId"]),

@@ -5,8 +5,10 @@ Blocking (the MLflow client speaks HTTP synchronously): call through run_blockin
 
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from app.errors import DependencyUnavailable
 from models.spec import PROFILE_TAG, TASK_ID_TAG
@@ -78,3 +80,24 @@ class Tracking:
         except Exception as exc:
             log.warning("reading the metrics of run %s failed: %s", run_id, exc)
             return {}
+
+    def read_text_artifact(self, run_id: str, path: str) -> str | None:
+        """A text artifact of a run, or None when the run has none at that path."""
+        from mlflow.exceptions import MlflowException
+
+        with tempfile.TemporaryDirectory() as directory:
+            try:
+                local = self.client.download_artifacts(run_id, path, directory)
+            except MlflowException as exc:
+                if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+                    return None
+                raise self._unavailable(exc) from exc
+            except OSError as exc:
+                if isinstance(exc, FileNotFoundError):
+                    return None
+                raise self._unavailable(exc) from exc
+            return Path(local).read_text(errors="replace")
+
+    def keep_text(self, run_id: str, text: str, path: str) -> None:
+        """Store `text` as the artifact `path` of a run."""
+        self.client.log_text(run_id, text, path)

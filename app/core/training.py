@@ -11,12 +11,16 @@ from app.core.requests import check_same_request
 from app.core.tracking import Tracking
 from app.errors import Forbidden, InvalidSpec, TaskNotFound
 from app.profiles import ModelProfile
-from app.runtime.base import AlreadyExists, Runtime, WorkloadState
+from app.runtime.base import AlreadyExists, LogGone, Runtime, WorkloadState
 from app.schemas.training import TrainingProgress, TrainingStatus, TrainingTask, TrainRequest
-from models.spec import TrainSpec, dataset_scheme
+from models.spec import TRAINER_LOG_ARTIFACT, TrainSpec, dataset_scheme
 
 PROGRESS_METRICS = {"step": "progress_step", "total_steps": "progress_total_steps",
                     "epoch": "progress_epoch", "total_epochs": "progress_total_epochs"}
+
+
+async def _once(chunk: bytes) -> AsyncIterator[bytes]:
+    yield chunk
 
 
 def progress_of(metrics: dict[str, float]) -> TrainingProgress | None:
@@ -152,12 +156,27 @@ class TrainingService:
             raise TaskNotFound(f"no training task '{task_id}'", field="taskId")
 
     async def logs(self, task_id: str, tail: int | None) -> str:
-        await self.get(task_id)
-        return await run_blocking(self.runtime.read_logs, KIND_TRAINING, task_id, tail)
+        task = await self.get(task_id)
+        try:
+            return await run_blocking(self.runtime.read_logs, KIND_TRAINING, task_id, tail)
+        except LogGone as gone:
+            return await self._kept_log(task, str(gone), tail)
 
     async def follow_logs(self, task_id: str, tail: int | None) -> AsyncIterator[bytes]:
-        await self.get(task_id)
+        task = await self.get(task_id)
+        if task.status in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED):
+            # An ended task's log does not grow: read it whole, from wherever it is kept now.
+            return _once((await self.logs(task_id, tail)).encode())
         return self.runtime.follow_logs(KIND_TRAINING, task_id, tail)
+
+    async def _kept_log(self, task: TrainingTask, gone: str, tail: int | None) -> str:
+        """The trainer's log kept with its run (script/train.py), once its pods are gone."""
+        text = None
+        if task.mlflow_run_id:
+            text = await run_blocking(self.tracking.read_text_artifact, task.mlflow_run_id, TRAINER_LOG_ARTIFACT)
+        if text is None:
+            return f"{gone}; no log was kept with its MLflow run\n"
+        return "".join(text.splitlines(keepends=True)[-tail:]) if tail is not None else text
 
     async def _task(self, state: WorkloadState) -> TrainingTask:
         request = state.request

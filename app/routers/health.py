@@ -1,6 +1,10 @@
-"""Liveness and readiness of the control plane itself."""
+"""Liveness, readiness and metrics of the control plane itself."""
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+
+from app.core.blocking import run_blocking
+from app.metrics import CONTENT_TYPE, exposition
+from app.state_metrics import state_families
 
 from app.errors import DependencyUnavailable
 
@@ -23,3 +27,10 @@ async def readyz(request: Request) -> dict[str, object]:
     if reason is not None:
         raise DependencyUnavailable(f"not ready: {reason}")
     return {"status": "ok", "runtime": state.settings.runtime.value, "profiles": sorted(state.profiles)}
+
+
+@router.get("/metrics", summary="Prometheus metrics of the control plane (text format)",
+            response_class=Response, responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}})
+async def metrics(request: Request) -> Response:
+    families = await state_families(request.app.state.runtime)
+    return Response(await run_blocking(exposition, families), media_type=CONTENT_TYPE)

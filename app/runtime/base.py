@@ -3,7 +3,6 @@
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from ssl import SSLContext
 from typing import Any, Protocol
 
 
@@ -21,6 +20,8 @@ class WorkloadState:
     completion_time: datetime | None = None
     # Identity of this incarnation of the task (a re-created task gets a new one).
     uid: str = ""
+    # Inference: model-server replicas passing their readiness probe now.
+    ready_replicas: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -30,6 +31,21 @@ class AlreadyExists(Exception):
     def __init__(self, existing: WorkloadState):
         super().__init__(f"{existing.kind} task '{existing.task_id}' exists")
         self.existing = existing
+
+
+class LogGone(Exception):
+    """The task has ended and the runtime keeps no log of it any more (its pods were removed).
+    The message says what the runtime knows instead."""
+
+
+@dataclass(frozen=True)
+class Tls:
+    """How to trust an https model server (or the API server in front of it): PEM bytes, as the
+    data plane's HTTP client takes them."""
+
+    ca_pem: bytes | None = None  # the CA that signed the server's certificate; None: the system's
+    identity_pem: bytes | None = None  # a client certificate and its key, concatenated
+    verify: bool = True
 
 
 @dataclass(frozen=True)
@@ -45,7 +61,10 @@ class Endpoint:
     # Kubernetes API server's service proxy.
     headers: Mapping[str, str] = field(default_factory=dict, hash=False)
     # TLS for an https base_url (the cluster's CA, a client certificate); None: the system defaults.
-    ssl_context: SSLContext | None = None
+    tls: Tls | None = None
+    # The deployment's modelId: the name its model server serves the model under (a language
+    # model's OpenAI `model`), and a label of its metrics.
+    model_id: str | None = None
 
 
 class EndpointCache:
@@ -97,6 +116,8 @@ class Runtime(Protocol):
 
     def delete(self, kind: str, task_id: str) -> bool: ...
 
-    def read_logs(self, kind: str, task_id: str, tail: int | None) -> str: ...
+    def read_logs(self, kind: str, task_id: str, tail: int | None) -> str:
+        """The task's container output; raises LogGone for an ended task whose pods are gone."""
+        ...
 
     def follow_logs(self, kind: str, task_id: str, tail: int | None) -> AsyncIterator[bytes]: ...

@@ -22,13 +22,22 @@ import urllib.request
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.exceptions import RequestError
 
-from app.core.manifests import KIND_INFERENCE, KIND_TRAINING, LABEL_PROFILE, READINESS_PATH, request_of
+from app.core.manifests import (
+    KIND_INFERENCE,
+    KIND_TRAINING,
+    LABEL_MODEL_ID,
+    LABEL_PROFILE,
+    READINESS_PATH,
+    request_of,
+)
 from app.runtime.base import AlreadyExists, Endpoint, EndpointCache, WorkloadState
 from app.runtime.local_supervisor import GRACE_SECONDS, write_json_atomic
 from app.schemas.inference import DeploymentStatus
@@ -40,6 +49,7 @@ from models.spec import SERVE_HOST_ENV, SERVE_PORT_ENV, TERMINATION_LOG_ENV
 # (it keeps being restarted, as a Deployment's pod would be).
 FAILED_AFTER_RESTARTS = 2
 READY_PROBE_EVERY_SECONDS = 2.0
+PROBE_TIMEOUT = timedelta(seconds=1)
 # Failed probes in a row before a Ready model server is taken out of rotation (Kubernetes' default).
 READY_FAILURE_THRESHOLD = 3
 # Workload environment variables that only make sense inside a container.
@@ -115,14 +125,14 @@ class LocalRuntime:
         self._readiness_paths: dict[str, str] = {}
         self._probe_failures: dict[str, int] = {}
         self._loop_task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._probes: Client | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         for kind in (KIND_TRAINING, KIND_INFERENCE):
             (self.root / kind).mkdir(parents=True, exist_ok=True)
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
+        self._probes = ClientBuilder().timeout(PROBE_TIMEOUT).no_proxy().follow_redirects(False).build()
         await asyncio.to_thread(self.reconcile)
         # Model servers that outlived a restart are ready at once, not after the first loop.
         await self.probe_all()
@@ -136,8 +146,8 @@ class LocalRuntime:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        if self._session:
-            await self._session.close()
+        if self._probes:
+            await self._probes.close()
 
     # -- the Runtime contract --------------------------------------------------------------
 
@@ -292,6 +302,8 @@ class LocalRuntime:
             # Another API worker may have seen it ready first: ask the server now, not at the next probe.
             endpoint = self._probe_now(endpoint)
         restarts = status.get("restarts", 0)
+        # The local runtime runs one model-server process per deployment.
+        state.ready_replicas = 1 if endpoint is not None and endpoint.ready else 0
         if endpoint is not None and endpoint.ready:
             state.phase = DeploymentStatus.READY
             state.message = endpoint.message
@@ -430,12 +442,13 @@ class LocalRuntime:
 
     def _put_endpoint(self, task_id: str, record: dict[str, Any], ready: bool, message: str | None = None) -> None:
         deployment = record["manifests"][0]
-        profile = deployment["metadata"]["labels"].get(LABEL_PROFILE, "")
+        labels = deployment["metadata"]["labels"]
+        profile = labels.get(LABEL_PROFILE, "")
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         probe = container.get("readinessProbe", {}).get("httpGet", {})
         self._readiness_paths[task_id] = probe.get("path", READINESS_PATH)
         url = f"http://127.0.0.1:{record['port']}"
-        self.endpoints.put(Endpoint(task_id, url, ready, profile, message))
+        self.endpoints.put(Endpoint(task_id, url, ready, profile, message, model_id=labels.get(LABEL_MODEL_ID)))
 
     def reconcile(self) -> None:
         """Bring the endpoint cache in line with the data directory; restart dead model servers."""
@@ -479,23 +492,23 @@ class LocalRuntime:
         except (OSError, ValueError):
             return endpoint
         detail = body.get("detail") if isinstance(body, dict) else None
-        ready = Endpoint(endpoint.task_id, endpoint.base_url, True, endpoint.profile, detail)
+        ready = replace(endpoint, ready=True, message=detail)
         self.endpoints.put(ready)
         return ready
 
     async def _probe(self, endpoint: Endpoint) -> None:
-        assert self._session is not None
+        assert self._probes is not None
         ready, message = False, "model server is not answering yet"
         try:
             path = self._readiness_paths.get(endpoint.task_id, READINESS_PATH)
-            async with self._session.get(endpoint.base_url + path) as response:
-                ready = response.status == 200
-                if not ready:
-                    message = f"model server is loading (readiness answered {response.status})"
-                else:  # a server may say how it serves (e.g. which engine it chose)
-                    body = await response.json(content_type=None)
-                    message = body.get("detail") if isinstance(body, dict) else None
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+            response = await self._probes.get(endpoint.base_url + path).build().send()
+            ready = response.status == 200
+            if not ready:
+                message = f"model server is loading (readiness answered {response.status})"
+            else:  # a server may say how it serves (e.g. which engine it chose)
+                body = await response.json()
+                message = body.get("detail") if isinstance(body, dict) else None
+        except (RequestError, ValueError):
             pass
         # As a readinessProbe's failureThreshold: a Ready server that misses one probe (a busy CPU
         # delays its answer) stays Ready; several in a row, and it is not. A server that is gone
@@ -507,7 +520,7 @@ class LocalRuntime:
         # Only the entry that was probed may be replaced: a status read's own probe (or a proxy
         # error) may have changed it meanwhile, and a stale answer must not undo that.
         if self.endpoints.get(endpoint.task_id) is endpoint:
-            self.endpoints.put(Endpoint(endpoint.task_id, endpoint.base_url, ready, endpoint.profile, message))
+            self.endpoints.put(replace(endpoint, ready=ready, message=message))
 
     async def probe_all(self) -> None:
         now = time.monotonic()

@@ -33,6 +33,8 @@ class DeploymentTask(CamelModel):
     model_profile: str
     use_gpu: bool
     replicas: int
+    # Replicas passing their readiness probe now.
+    ready_replicas: int = 0
     status: DeploymentStatus
     message: str | None = None
     service_name: str

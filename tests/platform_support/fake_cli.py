@@ -40,6 +40,7 @@ KIND_ALIASES = {
     "pod": "pod", "pods": "pod", "po": "pod",
     "persistentvolumeclaim": "persistentvolumeclaim", "persistentvolumeclaims": "persistentvolumeclaim",
     "pvc": "persistentvolumeclaim",
+    "networkpolicy": "networkpolicy", "networkpolicies": "networkpolicy", "netpol": "networkpolicy",
 }
 
 # kubectl flags that take a value (as `--flag value` or `--flag=value`).

@@ -60,11 +60,10 @@ class RetryPolicy:
         return backoff * random.uniform(0.5, 1.0)
 
 
-class RawWatch(watch.Watch):
-    """The official watch, yielding events with plain-dict objects (no model deserialization)."""
-
-    def get_return_type(self, func: Callable[..., Any]) -> str:
-        return ""
+def raw_watch() -> watch.Watch:
+    """The official watch, yielding events whose objects are plain dicts (as the API sent them):
+    `object` as the return type is the client's own way to skip model deserialization."""
+    return watch.Watch(return_type="object")
 
 
 class ObjectExists(Exception):
@@ -233,7 +232,7 @@ class ClusterApi:
         labels: dict[str, str],
         resource_version: str,
         timeout_seconds: int,
-        watcher: RawWatch,
+        watcher: watch.Watch,
     ) -> Generator[dict[str, Any], None, None]:
         """Raw watch events ({"type", "object"}) from `resource_version` until the server ends the stream.
 

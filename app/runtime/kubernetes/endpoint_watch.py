@@ -15,10 +15,12 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from app.core.manifests import KIND_INFERENCE, LABEL_PROFILE, LABEL_TASK_ID, task_selector
+from kubernetes import watch
+
+from app.core.manifests import KIND_INFERENCE, LABEL_MODEL_ID, LABEL_PROFILE, LABEL_TASK_ID, task_selector
 from app.errors import MlopsError
 from app.runtime.base import Endpoint, EndpointCache
-from app.runtime.kubernetes.api import DEPLOYMENTS, SERVICES, ClusterApi, RawWatch, Resource, WatchExpired
+from app.runtime.kubernetes.api import DEPLOYMENTS, SERVICES, ClusterApi, Resource, WatchExpired, raw_watch
 from app.runtime.kubernetes.routes import ServiceRoute
 from app.runtime.kubernetes.status import inference_phase
 from app.schemas.inference import DeploymentStatus
@@ -64,7 +66,7 @@ class EndpointWatch:
         self._synced = {resource: threading.Event() for resource in WATCHED}
         # Why the last list of a resource failed, until one succeeds again: the API's readiness.
         self._list_errors: dict[Resource, str] = {}
-        self._active_watches: set[RawWatch] = set()
+        self._active_watches: set[watch.Watch] = set()
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -180,7 +182,7 @@ class EndpointWatch:
         return resource_version
 
     def _follow(self, resource: Resource, resource_version: str) -> str:
-        watcher = RawWatch()
+        watcher = raw_watch()
         with self._lock:
             if self._stopping.is_set():
                 return resource_version
@@ -236,7 +238,8 @@ class EndpointWatch:
         source = service or deployment
         if source is None:
             return None
-        profile = (source["metadata"].get("labels") or {}).get(LABEL_PROFILE, "")
+        labels = source["metadata"].get("labels") or {}
+        profile = labels.get(LABEL_PROFILE, "")
         target = self.route.target(_name(source))
         message: str | None
         if deployment is None:
@@ -246,7 +249,8 @@ class EndpointWatch:
         else:
             phase, message = inference_phase(deployment, [])
             ready = phase == DeploymentStatus.READY
-        return Endpoint(task_id, target.base_url, ready, profile, message, target.headers, target.ssl_context)
+        return Endpoint(task_id, target.base_url, ready, profile, message, target.headers, target.tls,
+                        labels.get(LABEL_MODEL_ID))
 
     def _publish(self, changes: EndpointChanges) -> None:
         if not changes:

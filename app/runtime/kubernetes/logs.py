@@ -10,8 +10,10 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-from app.runtime.base import WorkloadState
-from app.runtime.kubernetes.api import PODS, ClusterApi, LogNotAvailable, RawWatch, WatchExpired
+from kubernetes import watch
+
+from app.runtime.base import LogGone, WorkloadState
+from app.runtime.kubernetes.api import PODS, ClusterApi, LogNotAvailable, WatchExpired, raw_watch
 from app.runtime.kubernetes.status import container_started, newest, not_started_reason
 from app.schemas.inference import DeploymentStatus
 from app.schemas.training import TrainingStatus
@@ -45,7 +47,10 @@ def read_task_log(api: ClusterApi, labels: dict[str, str], tail: int | None, tas
     pods, _ = api.list(PODS, labels)
     pod = newest(pods)
     if pod is None:
-        return _without_pod(task_state)[0]
+        text, may_come = _without_pod(task_state)
+        if not may_come:
+            raise LogGone(text.strip())
+        return text
     if not container_started(pod):
         return not_started(not_started_reason(pod))
     try:
@@ -74,7 +79,7 @@ class LogFollower:
         self.wait_seconds = wait_seconds
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
-        self._watch: RawWatch | None = None
+        self._watch: watch.Watch | None = None
         self._response: Any = None
 
     def chunks(self) -> Iterator[bytes]:
@@ -117,7 +122,7 @@ class LogFollower:
         return None
 
     def _wait_for_pod_change(self, resource_version: str) -> None:
-        watcher = RawWatch()
+        watcher = raw_watch()
         with self._lock:
             if self._cancelled.is_set():
                 return

@@ -1,20 +1,21 @@
 """How the predict proxy reaches a model's Service: by cluster DNS from inside the cluster, or through
 the API server's service proxy (with the kubeconfig's credentials) from a developer's machine."""
 
-import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from kubernetes import client
 
 from app.core.manifests import HTTP_PORT_NAME, SERVICE_PORT
+from app.runtime.base import Tls
 
 
 @dataclass(frozen=True)
 class RouteTarget:
     base_url: str
     headers: dict[str, str] = field(default_factory=dict)
-    ssl_context: ssl.SSLContext | None = None
+    tls: Tls | None = None
 
 
 class ServiceRoute(Protocol):
@@ -32,15 +33,17 @@ class ServiceDnsRoute:
         return RouteTarget(f"http://{service_name}.{self.namespace}.svc:{self.port}")
 
 
-def ssl_context_of(configuration: client.Configuration) -> ssl.SSLContext:
-    """The TLS settings the official client uses (cluster CA, client certificate), for aiohttp."""
-    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
-    if not configuration.verify_ssl:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+def _read(path: str | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
+def tls_of(configuration: client.Configuration) -> Tls:
+    """The TLS settings the official client uses (cluster CA, client certificate), as PEM bytes."""
+    identity = None
     if configuration.cert_file:
-        context.load_cert_chain(configuration.cert_file, configuration.key_file)
-    return context
+        identity = (_read(configuration.cert_file) or b"").rstrip(b"\n") + b"\n" + (
+            _read(configuration.key_file or configuration.cert_file) or b"")
+    return Tls(_read(configuration.ssl_ca_cert), identity, bool(configuration.verify_ssl))
 
 
 def auth_headers(configuration: client.Configuration) -> dict[str, str]:
@@ -65,9 +68,9 @@ class ApiServerProxyRoute:
         self.configuration = configuration
         self.namespace = namespace
         self.host = configuration.host.rstrip("/")
-        self.ssl_context = ssl_context_of(configuration) if self.host.startswith("https://") else None
+        self.tls = tls_of(configuration) if self.host.startswith("https://") else None
 
     def target(self, service_name: str) -> RouteTarget:
         url = f"{self.host}/api/v1/namespaces/{self.namespace}/services/{service_name}:{HTTP_PORT_NAME}/proxy"
         # Read on each call: a token from an exec plugin or a projected file is refreshed here.
-        return RouteTarget(url, auth_headers(self.configuration), self.ssl_context)
+        return RouteTarget(url, auth_headers(self.configuration), self.tls)

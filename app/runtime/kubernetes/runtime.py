@@ -301,5 +301,6 @@ class KubernetesRuntime:
             start_time=start_time,
             completion_time=completion_time,
             uid=metadata.get("uid", ""),
+            ready_replicas=(obj.get("status") or {}).get("readyReplicas", 0) if kind == KIND_INFERENCE else None,
             extra={"namespace": self.namespace, "name": metadata["name"]},
         )
