@@ -144,8 +144,9 @@ def test_image_installs_its_own_pinned_requirements_without_cache(name: str) -> 
     requirement_files = set(re.findall(r"requirements/[\w-]+\.txt", copied))
     constraints = {file for file in requirement_files if file.endswith("constraints.txt")}
     assert requirement_files - constraints == set(own)
+    runs = " ".join(args for keyword, args in steps if keyword == "RUN")
     for file in constraints:
-        assert f"-c /tmp/requirements/{Path(file).name}" in " ".join(args for keyword, args in steps if keyword == "RUN")
+        assert f"-c /tmp/requirements/{Path(file).name}" in runs
     installs = [args for keyword, args in steps if keyword == "RUN" and "pip install" in args]
     assert bool(installs) == bool(own), "installs its requirements, and only where it has some"
     for args in installs:

@@ -3,10 +3,9 @@
 from fastapi import APIRouter, Request, Response
 
 from app.core.blocking import run_blocking
+from app.errors import DependencyUnavailable
 from app.metrics import CONTENT_TYPE, exposition
 from app.state_metrics import state_families
-
-from app.errors import DependencyUnavailable
 
 router = APIRouter(tags=["health"])
 
