@@ -6,7 +6,6 @@ here and reported in one line that names what to set.
 """
 
 import os
-import tempfile
 from pathlib import Path
 
 from app import embedded_mlflow
@@ -36,14 +35,19 @@ def kubernetes_problems(settings: Settings) -> list[str]:
 
 
 def unwritable_directory(path: Path) -> str | None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        return (f"the data directory {path} cannot be written by uid {os.getuid()} ({exc.strerror}): "
-                "set MLOPS_DATA_DIR to a directory it can write")
-    return None
+    """Why `path` cannot be made or written, judged from it or its nearest existing parent: nothing is created."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    why = None
+    if not existing.is_dir():
+        why = f"{existing} is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"{existing} is not writable"
+    if why is None:
+        return None
+    return (f"the data directory {path} cannot be written by uid {os.getuid()} ({why}): "
+            "set MLOPS_DATA_DIR to a directory it can write")
 
 
 def local_problems(settings: Settings) -> list[str]:

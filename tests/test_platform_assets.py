@@ -366,6 +366,35 @@ def test_control_plane_image_holds_every_module_the_control_plane_imports() -> N
     assert not missing, f"imported by the control plane but not installed by requirements/api.txt: {missing}"
 
 
+@pytest.mark.parametrize(("workload", "requirements"), [
+    ("script/train.py", "requirements/trainer.txt"), ("script/serve.py", "requirements/inference.txt")])
+def test_workload_images_hold_every_module_their_workload_imports(workload: str, requirements: str) -> None:
+    """The trainer and inference images install torch (gpu.txt) and their requirements file (both, in the shared
+    base): every third-party module their script imports at module level, or the models/ and script/ modules it
+    imports, must come from that file, torch, or what those depend on."""
+    stdlib = set(sys.stdlib_module_names)
+    first_party = {"models", "script"}
+    provided = distributions_import_names(REPO_ROOT / requirements) | distributions_import_names(
+        REPO_ROOT / "requirements/torch-cpu.txt")
+    missing: dict[str, set[str]] = {}
+    seen: set[Path] = set()
+    queue = [REPO_ROOT / workload, *sorted((REPO_ROOT / "models").rglob("*.py"))]
+    while queue:
+        path = queue.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for module in module_level_imports(path):
+            top = module.split(".")[0]
+            if top in stdlib:
+                continue
+            if top in first_party:
+                queue.extend(first_party_files(module))
+            elif top not in provided:
+                missing.setdefault(top, set()).add(str(path.relative_to(REPO_ROOT)))
+    assert not missing, f"imported by {workload} but not installed by {requirements}: {missing}"
+
+
 def module_level_imports(path: Path) -> list[str]:
     """Imports a module runs when it is imported: at top level, in try/if blocks, but not under
     `if TYPE_CHECKING:` nor inside functions (those are deliberately lazy)."""

@@ -63,6 +63,18 @@ def test_an_unwritable_data_directory_is_named_with_its_setting(tmp_path: Path) 
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "MLOPS_DATA_DIR" in lines[0] and str(blocker / "data") in lines[0], done.stderr
+    assert blocker.read_text() == "not a directory"  # nothing was made
+
+
+def test_a_read_only_data_directory_is_named_and_nothing_is_created(tmp_path: Path) -> None:
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o555)
+    problem = startup_problem(Settings(data_dir=read_only / "data", mlflow_uri="http://127.0.0.1:9"))
+    if os.access(read_only, os.W_OK):  # root may write anywhere: nothing to refuse
+        assert problem is None
+    else:
+        assert problem is not None and "is not writable" in problem and "MLOPS_DATA_DIR" in problem
+    assert not (read_only / "data").exists()
 
 
 def test_without_the_mlflow_server_package_the_embedded_default_asks_for_a_tracking_uri(
