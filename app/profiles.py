@@ -4,12 +4,22 @@
 naming the profile and the field.
 """
 
+import json
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ProfileError(Exception):
@@ -61,7 +71,11 @@ class TrainerSettings(_Strict):
 
 
 class InferenceSettings(_Strict):
+    # The image of pods with a GPU (useGpu), and of every pod unless cpu_image is set.
     image: str
+    # The image of pods without a GPU, where that must differ: vLLM's CUDA build cannot run without
+    # one, so a language model on a CPU node needs an image with vLLM's CPU build.
+    cpu_image: str | None = None
     replicas: int = Field(default=1, ge=1, le=64)
     port: int = Field(default=8080, ge=1, le=65535)
     resources: Resources = Resources()
@@ -76,23 +90,67 @@ class InferenceSettings(_Strict):
     max_rows: int = Field(default=10_000, ge=1)
 
 
-class VllmSettings(_Strict):
-    """Arguments of `vllm serve` on a GPU node."""
+# Arguments script/llm_server.py gives vLLM itself; a profile's extra_args may not repeat them.
+VLLM_RESERVED_ARGS = ("--model", "--served-model-name", "--host", "--port")
 
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+
+def _memory_limit_bytes(quantity: str) -> int | None:
+    """A container's memory limit in bytes, for the common forms ("32Gi", "4G", "1073741824");
+    None for the rarer ones (kubernetes-validate checks the quantity itself). pydantic's ByteSize
+    spells the binary units "GiB" where Kubernetes writes "Gi". (kubernetes.utils.parse_quantity
+    knows them all but its import adds about a second to every API start.)"""
+    spelled = quantity + "B" if quantity.endswith(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei")) else quantity
+    try:
+        return int(TypeAdapter(ByteSize).validate_python(spelled))
+    except ValidationError:
+        return None
+
+
+class VllmSettings(_Strict):
+    """Arguments of vLLM's OpenAI server, the same on GPU and CPU nodes but for how memory is sized."""
+
     max_model_len: int = Field(default=4096, ge=16)
     tensor_parallel_size: int = Field(default=1, ge=1, le=16)
     dtype: Literal["auto", "half", "float16", "bfloat16", "float32"] = "auto"
+    # Requests the engine batches at once (vLLM's default when unset).
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    # Skip torch.compile (and CUDA graphs): the server is up in seconds instead of a minute or more,
+    # and generates more slowly.
+    enforce_eager: bool = False
+    # GPU nodes: the share of each GPU's memory vLLM takes for weights, activations and KV cache.
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    # CPU nodes: the KV cache's size ("4GiB", "512MiB"). Without it vLLM's CPU build takes
+    # gpu_memory_utilization of the whole host's memory, whatever the pod's limit says.
+    cpu_kv_cache_memory: ByteSize = Field(default=ByteSize(4 * 2**30), gt=0)
     extra_args: tuple[str, ...] = ()
 
-    def cli_args(self) -> list[str]:
-        return [
-            "--gpu-memory-utilization", f"{self.gpu_memory_utilization:g}",
+    @field_validator("extra_args")
+    @classmethod
+    def _no_reserved_args(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for arg in value:
+            if arg.split("=", 1)[0] in VLLM_RESERVED_ARGS:
+                raise ValueError(f"{arg.split('=', 1)[0]} is set from the deployment itself "
+                                 f"(reserved: {', '.join(VLLM_RESERVED_ARGS)})")
+        return value
+
+    def cli_args(self, use_gpu: bool, max_new_tokens: int) -> list[str]:
+        """The server's arguments from this profile, after the ones llm_server.py sets."""
+        args = [
             "--max-model-len", str(self.max_model_len),
-            "--tensor-parallel-size", str(self.tensor_parallel_size),
             "--dtype", self.dtype,
-            *self.extra_args,
+            "--tensor-parallel-size", str(self.tensor_parallel_size),
+            # The default and the largest number of tokens a request generates.
+            "--override-generation-config", json.dumps({"max_new_tokens": max_new_tokens}),
         ]
+        if self.max_num_seqs is not None:
+            args += ["--max-num-seqs", str(self.max_num_seqs)]
+        if self.enforce_eager:
+            args.append("--enforce-eager")
+        if use_gpu:
+            args += ["--gpu-memory-utilization", f"{self.gpu_memory_utilization:g}"]
+        else:
+            args += ["--kv-cache-memory-bytes", str(int(self.cpu_kv_cache_memory))]
+        return [*args, *self.extra_args]
 
 
 class ModelCache(_Strict):
@@ -100,6 +158,13 @@ class ModelCache(_Strict):
 
     claim_name: str | None = "mlops-model-cache"  # a PersistentVolumeClaim; None: an emptyDir
     mount_path: str = "/models"
+
+
+class SecretKey(_Strict):
+    """A key of a Secret, read by reference (secretKeyRef); locally, the API's environment variable named `key`."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
 
 
 class LlmSettings(_Strict):
@@ -110,13 +175,18 @@ class LlmSettings(_Strict):
     # Base models (training's initialModelFilePath) and deploy-time modelReference values the
     # profile allows: shell-style patterns, e.g. "/models/*" or "Qwen/*".
     allowed_model_references: tuple[str, ...] = ()
-    # The CPU backend's default and largest number of generated tokens per request.
+    # The default and largest number of tokens one request generates.
     max_new_tokens: int = Field(default=256, ge=1)
     # QLoRA: load the base model in 4 bits when training with useGpu (needs bitsandbytes).
     qlora_on_gpu: bool = True
+    # Gated Hugging Face models: HF_TOKEN comes from this Secret (optional: pods start without it).
+    hf_token_secret: SecretKey | None = SecretKey(name="mlops-hf-token", key="HF_TOKEN")
 
     def allows_reference(self, reference: str) -> bool:
         return any(fnmatchcase(reference, pattern) for pattern in self.allowed_model_references)
+
+    def engine_args(self, use_gpu: bool) -> list[str]:
+        return self.vllm.cli_args(use_gpu, self.max_new_tokens)
 
 
 class Hyperparameter(_Strict):
@@ -181,6 +251,13 @@ class ModelProfile(_Strict):
             raise ValueError("a profile needs a trainer or an inference section (or both)")
         if self.kind == "llm" and self.llm is None:
             raise ValueError("an llm profile needs an llm section")
+        if self.llm is not None and self.inference is not None:
+            limit = self.inference.resources.limits.get("memory")
+            limit_bytes = _memory_limit_bytes(limit) if limit is not None else None
+            kv_cache = self.llm.vllm.cpu_kv_cache_memory
+            if limit_bytes is not None and kv_cache >= limit_bytes:
+                raise ValueError(f"llm.vllm.cpu_kv_cache_memory ({kv_cache.human_readable()}) must be less than "
+                                 f"inference.resources.limits.memory ({limit}): the weights need room too")
         return self
 
     def resolve_hyperparameters(self, given: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:

@@ -43,9 +43,11 @@ class TrainContext:
 class Predictor(Protocol):
     n_features: int
     feature_names: list[str]
-    # How predictions are computed, e.g. "numpy linear" for a form prepared at load time and
-    # checked against the framework, or the framework's own call; /metadata reports it.
+    # How predictions are computed, e.g. "numpy linear" or "onnxruntime forest" for a compiled form
+    # checked against the framework's answers, or the framework's own call; /metadata reports it.
     form: str
+    # Why a faster form does not serve, when one was tried and refused (None otherwise).
+    note: str | None
 
     def predict(self, rows: np.ndarray) -> dict[str, Any]:
         """Rows of shape (n, n_features) -> a dict with at least "predictions", ready for orjson
@@ -67,7 +69,11 @@ class TrainingHandler(Protocol):
 
 
 class ServingHandler(Protocol):
-    def load(self, model_uri: str, device: str) -> Predictor: ...
+    """Also optional: `preload()`, imports that script/serve.py runs while the model downloads."""
+
+    def load(self, model_dir: str, device: str) -> Predictor:
+        """Build the predictor from an MLflow model already downloaded to `model_dir`."""
+        ...
 
 
 class ModelHandler(TrainingHandler, ServingHandler, Protocol):

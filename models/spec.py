@@ -8,19 +8,22 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
-TRAIN_SPEC_ENV = "MLOPS_TRAIN_SPEC"
-SERVE_SPEC_ENV = "MLOPS_SERVE_SPEC"
-SERVE_HOST_ENV = "MLOPS_SERVE_HOST"
-SERVE_PORT_ENV = "MLOPS_SERVE_PORT"
-# Kubernetes reads a container's last words from this file (terminationMessagePath).
-TERMINATION_LOG_ENV = "MLOPS_TERMINATION_LOG"
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+from models.workload_env import (  # noqa: F401 - the names workloads and the control plane share
+    DEFAULT_TERMINATION_LOG,
+    SERVE_HOST_ENV,
+    SERVE_PORT_ENV,
+    SERVE_SPEC_ENV,
+    TERMINATION_LOG_ENV,
+    TRAIN_SPEC_ENV,
+)
 
 # MLflow run tags that tie a run to the task that made it.
 TASK_ID_TAG = "mlops.task_id"
 PROFILE_TAG = "mlops.model_profile"
 HANDLER_TAG = "mlops.handler"
 MODEL_ARTIFACT_PATH = "model"
+# The Python that has vLLM (script/llm_server.py): set where vLLM lives in an environment of its own.
+VLLM_PYTHON_ENV = "MLOPS_VLLM_PYTHON"
 # "false" turns 4-bit QLoRA off for a LoRA Job on a GPU (the profile's llm.qlora_on_gpu).
 QLORA_ENV = "MLOPS_LLM_QLORA"
 
@@ -54,11 +57,9 @@ class ServeSpec(_Spec):
     max_rows: int = 10_000
     max_request_bytes: int = 8 * 1024 * 1024
     use_gpu: bool = False
-    # Language models: `vllm serve` arguments (used when vLLM can run), the name clients give as
-    # "model", the CPU backend's token limit, and where weights are cached.
-    engine_args: list[str] = Field(default_factory=list)
+    # Language models: the name vLLM serves the model under (clients' "model"), and where weights
+    # are cached. vLLM's own arguments are the container's args (the profile's).
     served_model_name: str | None = None
-    max_new_tokens: int = 256
     model_cache_dir: str | None = None
 
 

@@ -145,8 +145,8 @@ class TorchMlpRegressorHandler(TabularHandler):
             metadata={"feature_names": data.feature_names, "target": data.target_name},
         )
 
-    def load(self, model_uri: str, device: str) -> "TorchMlpPredictor":
-        local = mlflow.artifacts.download_artifacts(model_uri)
+    def load(self, model_dir: str, device: str) -> "TorchMlpPredictor":
+        local = model_dir  # script/serve.py has downloaded the model
         meta = mlflow.models.Model.load(local)
         module = mlflow.pytorch.load_model(local, map_location=device)
         example = None
@@ -186,6 +186,8 @@ def numpy_mlp(state: dict[str, torch.Tensor]) -> Callable[[np.ndarray], np.ndarr
 
 class TorchMlpPredictor:
     """The exported program, or on the CPU its numpy form when that gives the same answers."""
+
+    note: str | None = None
 
     def __init__(self, module: Any, device: str, feature_names: list[str], example: np.ndarray | None = None):
         self.module = module.to(device) if hasattr(module, "to") else module

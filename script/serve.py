@@ -1,149 +1,82 @@
 """Inference workload: what an inference Deployment's container runs (`python script/serve.py`).
 
-Loads the model named by $MLOPS_SERVE_SPEC (`runs:/<id>/model`) through MLflow once, then
-serves it over HTTP:
-  GET  /health    liveness: the process answers
-  GET  /ready     readiness: 200 once the model is loaded
-  GET  /metadata  what is being served
-  POST /predict   {"data": {"features": [[...], ...]}} -> {"predictions": [...], ...}
-The request path is a bare ASGI app: parse with orjson, check the shape, call the model.
+Downloads the model named by $MLOPS_SERVE_SPEC (`runs:/<id>/model`) from MLflow once, in a child
+process (script/download_model.py), loads it with the profile's serving handler, then serves it
+with the HTTP app of script/inference_app.py (/health, /ready, /metadata, /predict) under uvicorn.
+Language models go to script/llm_server.py instead (vLLM's OpenAI server).
+
+Start-up order matters: MLflow's import in the download's child is the longest step, so the child
+starts before this process imports anything beyond the standard library, and what serving needs
+(numpy, pydantic, the model's runtime, uvicorn) is imported meanwhile.
 """
 
 import contextlib
+import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.base import InputError, Predictor
-from models.spec import (
+from models import SERVING_HANDLERS, get_serving_handler
+from models.workload_env import (
     DEFAULT_TERMINATION_LOG,
     SERVE_HOST_ENV,
     SERVE_PORT_ENV,
     SERVE_SPEC_ENV,
     TERMINATION_LOG_ENV,
-    ServeSpec,
 )
 
-JSON_TYPE = (b"content-type", b"application/json")
-# numpy arrays in a prediction (the fast forms return them) serialize without a .tolist() copy.
-DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+DOWNLOADER = Path(__file__).resolve().with_name("download_model.py")
 
 
-def error(status: int, code: str, message: str, field: str | None = None) -> tuple[int, bytes]:
-    detail = {"code": code, "message": message, **({"field": field} if field else {})}
-    return status, orjson.dumps({"error": detail})
+class DownloadError(Exception):
+    """The model could not be downloaded; the message is MLflow's."""
 
 
-def extract_rows(payload: Any, n_features: int, max_rows: int) -> np.ndarray:
-    """The seed's body {"data": {"features": [[...]]}}; also {"features": ...}, "instances", "inputs"."""
-    if not isinstance(payload, dict):
-        raise InputError("body must be a JSON object like {\"data\": {\"features\": [[...]]}}")
-    source = payload.get("data", payload)
-    rows = None
-    if isinstance(source, dict):
-        for key in ("features", "instances", "inputs"):
-            if key in source:
-                rows = source[key]
-                break
-    if rows is None:
-        raise InputError("body must hold data.features: a list of rows, each a list of numbers")
-    if not isinstance(rows, list) or not rows:
-        raise InputError("data.features must be a non-empty list of rows")
-    if not isinstance(rows[0], list):
-        rows = [rows]  # a single row given flat
-    if len(rows) > max_rows:
-        raise InputError(f"data.features has {len(rows)} rows; at most {max_rows} per request")
-    # The common case in one numpy call; anything it refuses is examined row by row below, to say
-    # which row is wrong and how.
-    try:
-        array = np.array(rows, dtype=np.float64)
-        if array.ndim == 2 and array.shape[1] == n_features:
-            return array
-    except (TypeError, ValueError):
-        pass
-    return _checked_rows(rows, n_features)
+class ModelDownload:
+    """The model's download from MLflow, in a child process: MLflow's import is most of a model
+    server's start-up and memory, and serving never needs it again."""
 
+    def __init__(self, model_uri: str, folder: str):
+        self.model_uri = model_uri
+        self.process = subprocess.Popen([sys.executable, str(DOWNLOADER), model_uri, folder],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
 
-def _checked_rows(rows: list, n_features: int) -> np.ndarray:
-    for index, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) != n_features:
-            got = f"{len(row)} values" if isinstance(row, list) else type(row).__name__
-            raise InputError(f"data.features[{index}] has {got}; the model expects {n_features} features per row")
-    try:
-        array = np.array(rows, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError("data.features must contain only numbers") from None
-    if array.ndim != 2:
-        raise InputError("data.features must be a list of rows, each a flat list of numbers")
-    return array
-
-
-class InferenceApp:
-    def __init__(self, spec: ServeSpec, predictor: Predictor, device: str, load_seconds: float):
-        self.spec = spec
-        self.predictor = predictor
-        self.metadata = orjson.dumps({
-            "taskId": spec.task_id, "modelId": spec.model_id, "modelUri": spec.model_uri,
-            "modelProfile": spec.model_profile, "handler": spec.handler, "device": device,
-            "features": predictor.n_features, "featureNames": predictor.feature_names,
-            "form": predictor.form,
-            "loadSeconds": round(load_seconds, 3),
-        })
-
-    def predict(self, body: bytes) -> tuple[int, bytes]:
+    @classmethod
+    def early(cls, raw_spec: str | None, folder: str) -> "ModelDownload | None":
+        """Start the download from the spec's raw JSON, before pydantic is imported to validate it:
+        only for a handler that serves a downloaded model (never a language model's weights)."""
         try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return error(400, "invalid_json", f"body is not valid JSON: {exc}")
+            fields = json.loads(raw_spec or "")
+        except ValueError:
+            return None
+        if not isinstance(fields, dict) or fields.get("handler") not in SERVING_HANDLERS:
+            return None
+        uri = fields.get("model_uri")
+        return cls(uri, folder) if isinstance(uri, str) and uri else None
+
+    def wait(self) -> str:
+        """The local directory of the downloaded model."""
+        output, _ = self.process.communicate()
+        lines = output.strip().splitlines()
         try:
-            rows = extract_rows(payload, self.predictor.n_features, self.spec.max_rows)
-            return 200, orjson.dumps(self.predictor.predict(rows), option=DUMP_OPTIONS)
-        except InputError as exc:
-            return error(422, "invalid_input", str(exc), "data.features")
+            answer = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            raise DownloadError(f"the download process ended with code {self.process.returncode} and no answer"
+                                ) from None
+        if not isinstance(answer, dict) or "path" not in answer:
+            raise DownloadError(str(answer.get("error", answer) if isinstance(answer, dict) else answer))
+        return str(answer["path"])
 
-    def route(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
-        if path == "/predict":
-            return self.predict(body) if method == "POST" else error(405, "method_not_allowed", "use POST")
-        if path in ("/health", "/ready"):
-            return 200, b'{"status":"ok"}'
-        if path == "/metadata":
-            return 200, self.metadata
-        return error(404, "not_found", f"no route {path}")
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        if scope["type"] != "http":
-            return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size <= self.spec.max_request_bytes:
-                chunks.append(chunk)  # past the limit, drain without keeping
-            if not message.get("more_body"):
-                break
-        if size > self.spec.max_request_bytes:
-            limit = self.spec.max_request_bytes
-            status, payload = error(413, "payload_too_large", f"body is larger than {limit} bytes")
-        else:
-            status, payload = self.route(scope["method"], scope["path"], b"".join(chunks))
-        # A Content-Length spares the response chunked encoding, for us and for every client.
-        headers = [JSON_TYPE, (b"content-length", str(len(payload)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate()
 
 
 def choose_device(use_gpu: bool) -> str:
@@ -163,21 +96,46 @@ def fail(message: str) -> int:
 
 
 def main() -> int:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="mlops-model-") as folder:
+        download = ModelDownload.early(os.environ.get(SERVE_SPEC_ENV), folder)
+        try:
+            return serve(download, folder, started)
+        finally:
+            if download is not None:
+                download.stop()
+
+
+def serve(download: ModelDownload | None, folder: str, started: float) -> int:
+    from models.spec import ServeSpec
+
     try:
         spec = ServeSpec.model_validate_json(os.environ[SERVE_SPEC_ENV])
     except (KeyError, ValueError) as exc:
         return fail(f"{SERVE_SPEC_ENV} is missing or invalid: {exc}")
-    from models import get_handler
-
-    handler = get_handler(spec.handler)
-    if getattr(handler, "serves_openai", False):  # a language model: vLLM or the CPU engine
-        from script.openai_server import main as serve_language_model
+    handler = get_serving_handler(spec.handler)
+    if getattr(handler, "serves_openai", False):  # a language model: vLLM's OpenAI server
+        from script.llm_server import main as serve_language_model
 
         return serve_language_model(spec, sys.argv[1:], fail)
-    started = time.monotonic()
+    if not spec.model_uri:
+        return fail(f"{SERVE_SPEC_ENV} has no model_uri: handler {spec.handler} serves an MLflow model")
+    if download is None or download.model_uri != spec.model_uri:
+        download = ModelDownload(spec.model_uri, folder)
+    import orjson
+    import uvicorn
+
+    from script.inference_app import InferenceApp
+
+    if hasattr(handler, "preload"):
+        handler.preload()
     device = choose_device(spec.use_gpu)
     try:
-        predictor = handler.load(spec.model_uri, device)
+        model_dir = download.wait()
+        predictor = handler.load(model_dir, device)
+        shutil.rmtree(model_dir)  # everything serving needs is in memory now
+    except DownloadError as exc:
+        return fail(f"cannot load model {spec.model_uri}: {exc}")
     except Exception as exc:
         return fail(f"cannot load model {spec.model_uri}: {type(exc).__name__}: {exc}")
     load_seconds = time.monotonic() - started
@@ -185,12 +143,12 @@ def main() -> int:
     port = int(os.environ.get(SERVE_PORT_ENV, "8080"))
     print(orjson.dumps({"message": "model loaded", "modelUri": spec.model_uri, "device": device,
                         "features": predictor.n_features, "form": predictor.form,
+                        **({"formNote": predictor.note} if predictor.note else {}),
                         "seconds": round(load_seconds, 2), "listen": f"{host}:{port}"}).decode(), flush=True)
-    import uvicorn
-
     # httptools and uvloop (uvicorn[standard]): the fastest parser and loop uvicorn has.
+    # No websockets and no lifespan: the app has neither, and uvicorn then imports less at start.
     uvicorn.run(InferenceApp(spec, predictor, device, load_seconds), host=host, port=port, http="httptools",
-                loop="uvloop", log_level="warning", access_log=False, lifespan="off", server_header=False)
+                loop="uvloop", ws="none", log_level="warning", access_log=False, lifespan="off", server_header=False)
     return 0
 
 

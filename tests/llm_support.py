@@ -1,8 +1,14 @@
 """A tiny causal language model made on the spot: random weights, a BPE tokenizer trained on a few
-sentences, a chat template. Nothing is downloaded; it is small enough to train and serve on a CPU."""
+sentences, a chat template. Nothing is downloaded; it is small enough to train and serve on a CPU.
+Also: a profiles file whose llm_chat starts vLLM quickly on a small machine."""
 
 import json
+import shutil
 from pathlib import Path
+
+import yaml
+
+from app.settings import PROJECT_ROOT
 
 SENTENCES = [
     "hello world how are you today",
@@ -32,8 +38,10 @@ def make_tiny_model(directory: Path, seed: int = 0) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
                                    unk_token="<unk>", pad_token="<pad>")
     fast.chat_template = CHAT_TEMPLATE
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+    # Two heads of 64: vLLM's CPU attention kernels refuse smaller head sizes (16, for one). 4096
+    # positions leave room for a generation long enough to break in the middle.
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
                          bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
                          pad_token_id=fast.pad_token_id)
     directory.mkdir(parents=True, exist_ok=True)
@@ -57,4 +65,29 @@ def write_chat_jsonl(path: Path, rows: int = 40) -> Path:
             sentence = SENTENCES[i % len(SENTENCES)]
             file.write(json.dumps({"messages": [{"role": "user", "content": sentence.split()[0]},
                                                 {"role": "assistant", "content": sentence}]}) + "\n")
+    return path
+
+
+def make_unloadable_model(source: Path, directory: Path) -> Path:
+    """The tiny model under an architecture no engine knows: vLLM refuses to load it."""
+    shutil.copytree(source, directory)
+    config = json.loads((directory / "config.json").read_text())
+    config["architectures"] = ["MysteryForCausalLM"]
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+# llm_chat's vLLM settings for tests: no torch.compile (the server is up in seconds, not a minute),
+# a KV cache of 64 MiB rather than gigabytes, float32 so that its numbers match transformers'.
+TEST_VLLM = {"enforce_eager": True, "cpu_kv_cache_memory": "64MiB", "dtype": "float32", "max_model_len": 4096,
+             "max_num_seqs": 8}
+
+
+def write_test_profiles(path: Path, max_new_tokens: int = 4000) -> Path:
+    """The project's profiles with llm_chat's vLLM sized for a small, busy test machine."""
+    profiles = yaml.safe_load((PROJECT_ROOT / "model_profiles.yaml").read_text())
+    llm = profiles["profiles"]["llm_chat"]["llm"]
+    llm["vllm"] = {**llm["vllm"], **TEST_VLLM}
+    llm["max_new_tokens"] = max_new_tokens
+    path.write_text(yaml.safe_dump(profiles))
     return path

@@ -1,111 +1,93 @@
-"""llm_chat on the local runtime: OpenAI's routes through the control plane, streamed chunk by chunk,
-with the CPU engine chosen automatically (no CUDA here), and the official openai client."""
+"""llm_chat served by vLLM's own OpenAI server (its CPU build, from .venv-vllm) on the local runtime,
+through the control plane.
+
+One module-wide deployment, one vLLM start: a model fine-tuned by an llm_lora run, deployed under a
+modelId that differs from its taskId. Against it: the status naming the engine, the specification's
+predict route, the official openai client plain and streamed, the weights being the run's merged
+model, and, last, a generation that fails mid-stream. Beside it, a model vLLM cannot load.
+"""
 
 import json
-import time
+import math
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
+import mlflow
 import openai
+import psutil
 import pytest
+import torch
 
-from tests.llm_support import make_tiny_model
-from tests.support import wait_until
-from tests.test_e2e_local import wait_for_deployment
+from script.llm_server import LOCAL_VLLM_PYTHON
+from tests.llm_support import (
+    make_tiny_model,
+    make_unloadable_model,
+    write_prompt_completion_jsonl,
+    write_test_profiles,
+)
+from tests.support import ApiProcess, kill_workloads, wait_until
+from tests.test_e2e_local import wait_for_deployment, wait_for_training
 
 ADMIN = "admin-token-for-llm-tests-0123456789"
 PREDICTOR = "predict-token-for-llm-tests-0123456789"
+TASK_ID, MODEL_ID = "chat-task", "tuned-chat"  # they differ on purpose: clients name the model by modelId
+BROKEN_TASK = "broken-task"
+# Locally the profile's HF_TOKEN Secret is the API's own environment variable.
+HF_TOKEN = "hf_never-in-a-log-0123456789abcdef"
+# The sentence the LoRA run learns as prompt "the" -> completion (tests/llm_support.py).
+LEARNED = "the quick brown fox jumps over the lazy dog"
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("llm") / "tiny-llama")
+def served(tmp_path_factory: pytest.TempPathFactory, mlflow_uri: str) -> Iterator[SimpleNamespace]:
+    assert LOCAL_VLLM_PYTHON.exists(), "vLLM's CPU environment is missing: run `make vllm-env` (make test does)"
+    root = tmp_path_factory.mktemp("llm-serving")
+    base = make_tiny_model(root / "tiny-base")
+    broken = make_unloadable_model(base, root / "mystery-model")
+    api = ApiProcess(root / "data", mlflow_uri, {
+        "MLOPS_PROFILES_PATH": str(write_test_profiles(root / "profiles.yaml")),
+        "MLOPS_API_TOKENS": f"admin:{ADMIN},predict:{PREDICTOR}", "HF_TOKEN": HF_TOKEN}).start()
+    try:
+        with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60) as client:
+            # The model vLLM refuses fails its starts while the LoRA run trains.
+            refused = client.post("/api/v1/inference/deployments", json={
+                "taskId": BROKEN_TASK, "modelId": "mystery", "modelReference": str(broken), "modelProfile": "llm_chat"})
+            assert refused.status_code == 201, refused.text
+            trained = client.post("/api/v1/train/jobs", json={
+                "taskId": "lora-task", "experimentName": "chat tuning", "modelProfile": "llm_lora",
+                "customModelName": "tinyChat", "initialModelFilePath": str(base),
+                "datasetPath": str(write_prompt_completion_jsonl(root / "train.jsonl")),
+                "hyperparameters": {"numEpoch": 3, "learningRate": 0.02, "numBatch": 4, "loraDropout": 0.0,
+                                    "maxSeqLength": 64}})
+            assert trained.status_code == 201, trained.text
+            status = wait_for_training(client, "lora-task", timeout=300)
+            assert status["status"] == "Succeeded", status
+            # Seen failed, it goes: its restarts would only slow the next vLLM start down.
+            broken_status = wait_for_deployment(client, BROKEN_TASK, want="Failed", timeout=300)
+            broken_logs = client.get(f"/api/v1/inference/deployments/{BROKEN_TASK}/logs", params={"tail": 400}).text
+            assert client.delete(f"/api/v1/inference/deployments/{BROKEN_TASK}").status_code == 200
+            deployed = client.post("/api/v1/inference/deployments", json={
+                "taskId": TASK_ID, "modelId": MODEL_ID, "mlflowRunId": status["mlflowRunId"],
+                "modelProfile": "llm_chat"})
+            assert deployed.status_code == 201, deployed.text
+            wait_for_deployment(client, TASK_ID, timeout=420)
+        yield SimpleNamespace(api=api, base=base, run_id=status["mlflowRunId"], mlflow_uri=mlflow_uri,
+                              data_dir=root / "data", broken_status=broken_status, broken_logs=broken_logs)
+    finally:
+        api.stop()
+        kill_workloads(root / "data")
 
 
-def test_chat_deployment_speaks_openai_plain_streamed_and_to_the_openai_client(api_factory, tiny_model) -> None:
-    api = api_factory(MLOPS_API_TOKENS=f"admin:{ADMIN},predict:{PREDICTOR}")
-    admin = {"Authorization": f"Bearer {ADMIN}"}
-    with api.client(headers=admin) as client:
-        created = client.post("/api/v1/inference/deployments", json={
-            "taskId": "chat-1", "modelId": "tiny-chat", "modelReference": str(tiny_model),
-            "modelProfile": "llm_chat"})
-        assert created.status_code == 201, created.text
-        ready = wait_for_deployment(client, "chat-1")
-        assert "transformers on cpu" in ready["message"]  # the engine it chose, and why
-        assert ready["modelReference"] == str(tiny_model) and ready["mlflowRunId"] is None
-
-    base = f"{api.url}/api/v1/inference/chat-1/v1"
-    predict = {"Authorization": f"Bearer {PREDICTOR}"}
-    with httpx.Client(base_url=base, headers=predict, timeout=60) as client:
-        # With several API workers, one that has not probed since the server came up answers 503
-        # with Retry-After for up to a probe interval: retry as a client is told to.
-        models = wait_until(lambda: (r := client.get("/models")).status_code == 200 and r.json(), timeout=10,
-                            what="every API worker to route to the model")
-        assert [m["id"] for m in models["data"]] == ["tiny-chat"]
-        plain = client.post("/chat/completions", json={
-            "model": "tiny-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6})
-        assert plain.status_code == 200, plain.text
-        body = plain.json()
-        assert body["object"] == "chat.completion"
-        assert body["choices"][0]["message"]["role"] == "assistant"
-        assert body["usage"]["completion_tokens"] <= 6
-
-        arrivals: list[tuple[float, str]] = []
-        with client.stream("POST", "/chat/completions", json={
-            "model": "tiny-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 12,
-            "stream": True}) as stream:
-            assert stream.headers["content-type"].startswith("text/event-stream")
-            for line in stream.iter_lines():
-                if line.startswith("data: "):
-                    arrivals.append((time.monotonic(), line.removeprefix("data: ")))
-        assert arrivals[-1][1] == "[DONE]"
-        events = [json.loads(data) for _, data in arrivals[:-1]]
-        content = [e["choices"][0]["delta"].get("content") for e in events if e["choices"][0]["delta"].get("content")]
-        assert len(content) >= 3  # several chunks, not one buffered answer
-        assert events[-1]["choices"][0]["finish_reason"] in ("stop", "length")
-        assert arrivals[0][0] < arrivals[-1][0]  # they came over time
-
-        refused = client.post("/chat/completions", json={"model": "tiny-chat", "messages": []})
-        assert refused.status_code == 400 and refused.json()["error"]["param"] == "messages"
-
-    sdk = openai.OpenAI(base_url=base, api_key=PREDICTOR, max_retries=0)
-    completion = sdk.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}],
-                                             max_tokens=5)
-    assert completion.choices[0].message.role == "assistant"
-    pieces = [chunk.choices[0].delta.content for chunk in sdk.chat.completions.create(
-        model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=8, stream=True)
-        if chunk.choices and chunk.choices[0].delta.content]
-    assert len(pieces) >= 2
-    text = sdk.completions.create(model="tiny-chat", prompt="the quick", max_tokens=4)
-    assert text.object == "text_completion" and text.choices[0].finish_reason in ("stop", "length")
-    with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=base, api_key="not-a-token-0123456789", max_retries=0).models.list()
-
-    # The seed's predict route maps onto the same model.
-    with httpx.Client(base_url=api.url, headers=predict, timeout=60) as client:
-        by_prompt = client.post("/api/v1/inference/chat-1/predict",
-                                json={"userId": "u-1", "data": {"prompt": "the quick", "max_tokens": 3}})
-        assert by_prompt.status_code == 200, by_prompt.text
-        assert len(by_prompt.json()["predictions"]) == 1 and isinstance(by_prompt.json()["predictions"][0], str)
-        assert by_prompt.json()["usage"]["completion_tokens"] <= 3
-        by_messages = client.post("/api/v1/inference/chat-1/predict", json={
-            "data": {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}})
-        assert by_messages.status_code == 200 and by_messages.json()["model"] == "tiny-chat"
-        tabular_body = client.post("/api/v1/inference/chat-1/predict", json={"data": {"features": [[1.0]]}})
-        assert tabular_body.status_code == 422 and tabular_body.json()["error"]["field"] == "data"
-
-    with api.client(headers=admin) as client:
-        assert client.delete("/api/v1/inference/deployments/chat-1").status_code == 200
-        assert client.post("/api/v1/inference/chat-1/v1/chat/completions", json={}).status_code == 404
-
-
-def test_language_model_requests_are_checked_before_anything_runs(api, tiny_model) -> None:
+def test_language_model_requests_are_checked_before_anything_runs(api, tmp_path: Path) -> None:
+    model = make_tiny_model(tmp_path / "tiny")
     with api.client() as client:
         wrong_profile = client.post("/api/v1/inference/deployments", json={
-            "taskId": "t1", "modelId": "m1", "modelReference": str(tiny_model), "modelProfile": "tabular_regression"})
+            "taskId": "t1", "modelId": "m1", "modelReference": str(model), "modelProfile": "tabular_regression"})
         assert wrong_profile.status_code == 422 and wrong_profile.json()["error"]["field"] == "modelReference"
         both = client.post("/api/v1/inference/deployments", json={
-            "taskId": "t1", "modelId": "m1", "modelReference": str(tiny_model), "mlflowRunId": "a" * 32,
+            "taskId": "t1", "modelId": "m1", "modelReference": str(model), "mlflowRunId": "a" * 32,
             "modelProfile": "llm_chat"})
         assert both.status_code == 422 and both.json()["error"]["field"] == "mlflowRunId"
         outside = client.post("/api/v1/inference/deployments", json={
@@ -118,7 +100,7 @@ def test_language_model_requests_are_checked_before_anything_runs(api, tiny_mode
             "taskId": "chat-train", "experimentName": "x", "modelProfile": "llm_chat", "datasetPath": "s3://b/d"})
         assert serve_only.status_code == 422 and "only serves" in serve_only.json()["error"]["message"]
         lora = {"taskId": "lora-1", "experimentName": "x", "modelProfile": "llm_lora", "datasetPath": "s3://b/d.jsonl",
-                "initialModelFilePath": str(tiny_model)}
+                "initialModelFilePath": str(model)}
         column = client.post("/api/v1/train/jobs", json={**lora, "targetColumn": "y"})
         assert column.status_code == 422 and column.json()["error"]["field"] == "targetColumn"
         unmerged = client.post("/api/v1/train/jobs", json={**lora, "customModelName": "chat",
@@ -127,38 +109,147 @@ def test_language_model_requests_are_checked_before_anything_runs(api, tiny_mode
         assert not any(api.data_dir.glob("tasks/*/*"))
 
 
-def test_lora_fine_tune_then_chat_with_the_result(api, tiny_model, tmp_path: Path) -> None:
-    """The issue's flow: LoRA train job -> Succeeded with a run id -> deploy llm_chat from that run ->
-    chat completion, plain and streamed -> delete."""
-    from tests.llm_support import write_prompt_completion_jsonl
-    from tests.test_e2e_local import wait_for_training
+def admin_client(served: SimpleNamespace) -> httpx.Client:
+    return httpx.Client(base_url=served.api.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
 
-    dataset = write_prompt_completion_jsonl(tmp_path / "train.jsonl")
-    with api.client() as client:
-        created = client.post("/api/v1/train/jobs", json={
-            "taskId": "lora-e2e", "experimentName": "chat tuning", "modelProfile": "llm_lora",
-            "customModelName": "tinyChat", "initialModelFilePath": str(tiny_model), "datasetPath": str(dataset),
-            "hyperparameters": {"numEpoch": 2, "numBatch": 8, "learningRate": 0.01, "loraRank": 4}})
-        assert created.status_code == 201, created.text
-        status = wait_for_training(client, "lora-e2e", timeout=240)
-        assert status["status"] == "Succeeded", status
-        deployed = client.post("/api/v1/inference/deployments", json={
-            "taskId": "chat-from-run", "modelId": "tiny-tuned", "mlflowRunId": status["mlflowRunId"],
-            "modelProfile": "llm_chat"})
-        assert deployed.status_code == 201, deployed.text
-        wait_for_deployment(client, "chat-from-run", timeout=180)
-        base = "/api/v1/inference/chat-from-run/v1"
-        answer = client.post(f"{base}/chat/completions", json={
-            "model": "tiny-tuned", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4})
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["model"] == "tiny-tuned"
-        with client.stream("POST", f"{base}/completions", json={
-                "model": "tiny-tuned", "prompt": "the", "max_tokens": 6, "stream": True}) as stream:
-            events = [line for line in stream.iter_lines() if line.startswith("data: ")]
-        assert events[-1] == "data: [DONE]" and len(events) >= 3
-        # A tabular profile cannot deploy a language-model run.
-        wrong = client.post("/api/v1/inference/deployments", json={
-            "taskId": "wrong", "modelId": "wrong", "mlflowRunId": status["mlflowRunId"],
-            "modelProfile": "tabular_regression"})
-        assert wrong.status_code == 422 and "llm_lora" in wrong.json()["error"]["message"]
-        assert client.delete("/api/v1/inference/deployments/chat-from-run").status_code == 200
+
+def openai_client(served: SimpleNamespace, token: str = PREDICTOR) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{served.api.url}/api/v1/inference/{TASK_ID}/v1", api_key=token, max_retries=0)
+
+
+def test_status_names_the_engine_and_what_it_serves(served) -> None:
+    with admin_client(served) as client:
+        status = client.get(f"/api/v1/inference/deployments/{TASK_ID}").json()
+    assert status["status"] == "Ready" and status["engine"] == "vllm"
+    assert status["message"] == f"vLLM's OpenAI server (CPU build) serves '{MODEL_ID}'"
+    assert status["mlflowRunId"] == served.run_id and status["modelId"] == MODEL_ID
+    models = openai_client(served).models.list()
+    assert [model.id for model in models.data] == [MODEL_ID]
+    assert models.data[0].owned_by == "vllm"  # vLLM's own answer, passed through
+
+
+def test_the_hf_token_reaches_the_server_and_no_log(served) -> None:
+    serve_pid = json.loads((served.data_dir / "tasks" / "inference" / TASK_ID / "status.json").read_text())["pid"]
+    assert psutil.Process(serve_pid).environ()["HF_TOKEN"] == HF_TOKEN
+    with admin_client(served) as client:
+        logs = client.get(f"/api/v1/inference/deployments/{TASK_ID}/logs").text
+    assert "Starting vLLM server" in logs
+    for text in (logs, served.api.log_path.read_text()):
+        assert HF_TOKEN not in text
+
+
+def test_specification_predict_route_names_the_model_by_its_id_not_the_task_id(served) -> None:
+    with httpx.Client(base_url=served.api.url, headers={"Authorization": f"Bearer {PREDICTOR}"}, timeout=60) as client:
+        by_prompt = client.post(f"/api/v1/inference/{TASK_ID}/predict",
+                                json={"userId": "u-1", "data": {"prompt": "the quick", "max_tokens": 3}})
+        assert by_prompt.status_code == 200, by_prompt.text
+        body = by_prompt.json()
+        assert len(body["predictions"]) == 1 and isinstance(body["predictions"][0], str)
+        assert body["model"] == MODEL_ID and body["finishReason"] in ("stop", "length")
+        assert 1 <= body["usage"]["completion_tokens"] <= 3
+        by_messages = client.post(f"/api/v1/inference/{TASK_ID}/predict", json={
+            "data": {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2, "temperature": 0}})
+        assert by_messages.status_code == 200, by_messages.text
+        assert by_messages.json()["model"] == MODEL_ID
+        assert by_messages.json()["usage"]["completion_tokens"] <= 2
+        tabular = client.post(f"/api/v1/inference/{TASK_ID}/predict", json={"data": {"features": [[1.0]]}})
+        assert tabular.status_code == 422 and tabular.json()["error"]["field"] == "data"
+
+
+def test_openai_client_plain_and_streamed_with_the_deployments_model_id(served) -> None:
+    sdk = openai_client(served)
+    chat = sdk.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "hello"}], max_tokens=5)
+    assert chat.model == MODEL_ID and chat.choices[0].message.role == "assistant"
+    assert chat.usage is not None and 1 <= chat.usage.completion_tokens <= 5
+
+    chunks = list(sdk.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=12, stream=True,
+                                              extra_body={"ignore_eos": True}))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) >= 6  # token by token, not one buffered answer
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+    text = sdk.completions.create(model=MODEL_ID, prompt="the quick", max_tokens=4)
+    assert text.object == "text_completion" and text.choices[0].finish_reason in ("stop", "length")
+    streamed = [c.choices[0].text for c in sdk.completions.create(
+        model=MODEL_ID, prompt="the", max_tokens=8, stream=True, extra_body={"ignore_eos": True})]
+    assert len([piece for piece in streamed if piece]) >= 4
+
+    # The task id is not a model name: vLLM's own 404 comes back as it is.
+    with pytest.raises(openai.NotFoundError, match=TASK_ID):
+        sdk.completions.create(model=TASK_ID, prompt="the", max_tokens=1)
+    with pytest.raises(openai.AuthenticationError):
+        openai_client(served, token="not-a-token-0123456789").models.list()
+
+
+def prompt_logprobs_by_transformers(model, tokenizer, text: str) -> list[float]:
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        logits = model(ids).logits.log_softmax(-1)[0]
+    return [float(logits[i - 1, ids[0, i]]) for i in range(1, ids.shape[1])]
+
+
+def test_the_served_weights_are_the_lora_runs_merged_model(served) -> None:
+    with httpx.Client(base_url=served.api.url, headers={"Authorization": f"Bearer {PREDICTOR}"}, timeout=60) as client:
+        answer = client.post(f"/api/v1/inference/{TASK_ID}/v1/completions", json={
+            "model": MODEL_ID, "prompt": LEARNED, "max_tokens": 1, "prompt_logprobs": 0})
+    assert answer.status_code == 200, answer.text
+    scored = answer.json()["choices"][0]["prompt_logprobs"][1:]  # the first token has no logprob
+    served_logprobs = [next(iter(entry.values()))["logprob"] for entry in scored]
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(served.mlflow_uri)
+    try:
+        tuned = mlflow.transformers.load_model(f"runs:/{served.run_id}/model", return_type="components")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    from transformers import AutoModelForCausalLM
+
+    expected = prompt_logprobs_by_transformers(tuned["model"], tuned["tokenizer"], LEARNED)
+    base = prompt_logprobs_by_transformers(AutoModelForCausalLM.from_pretrained(served.base), tuned["tokenizer"],
+                                           LEARNED)
+    assert len(served_logprobs) == len(expected)
+    assert all(math.isclose(got, want, abs_tol=1e-4) for got, want in zip(served_logprobs, expected, strict=True)), (
+        served_logprobs, expected)
+    # The run learned the sentence: the served model finds it likelier than the base model does.
+    assert sum(expected) > sum(base) + 1.0, (sum(expected), sum(base))
+
+
+def test_a_model_vllm_cannot_load_fails_the_deployment_saying_why(served) -> None:
+    failed, logs = served.broken_status, served.broken_logs
+    assert failed["engine"] == "vllm"
+    message = failed["message"]
+    assert "vLLM exited with code 1" in message, message
+    assert "Model architectures ['MysteryForCausalLM'] are not supported" in message, message
+    assert len(message) < 1000  # vLLM's list of every architecture it knows is cut short
+    assert "Traceback" in logs  # the whole story stays in the logs
+
+
+def vllm_worker(served: SimpleNamespace, task_id: str) -> psutil.Process:
+    """The process that runs the model of a deployment (vLLM's worker, under script/serve.py)."""
+    status = json.loads((served.data_dir / "tasks" / "inference" / task_id / "status.json").read_text())
+    workers = [p for p in psutil.Process(status["pid"]).children(recursive=True) if p.name().startswith("VLLM::Worker")]
+    assert len(workers) == 1, workers
+    return workers[0]
+
+
+def test_a_generation_that_fails_mid_stream_breaks_the_clients_stream(served) -> None:
+    """The module deployment's last test (keep it last): vLLM's worker is killed, as the kernel's OOM
+    killer would, while it streams."""
+    worker = vllm_worker(served, TASK_ID)
+    stream = openai_client(served).completions.create(model=MODEL_ID, prompt="the", max_tokens=3000, stream=True,
+                                                      extra_body={"ignore_eos": True})
+    received: list[str] = []
+    finish_reasons = []
+    with pytest.raises(openai.APIError, match="EngineCore"):
+        for chunk in stream:
+            received.append(chunk.choices[0].text)
+            finish_reasons.append(chunk.choices[0].finish_reason)
+            if len(received) == 3:
+                worker.kill()
+    assert 3 <= len(received) < 3000 and set(finish_reasons) == {None}  # no end that passes for an answer
+    # The server goes down with its engine: the deployment leaves rotation, and is restarted.
+    with admin_client(served) as client:
+        wait_until(lambda: client.get(f"/api/v1/inference/deployments/{TASK_ID}").json()["status"] != "Ready",
+                   timeout=60, what="the deployment to leave Ready")
+        assert client.delete(f"/api/v1/inference/deployments/{TASK_ID}").status_code == 200

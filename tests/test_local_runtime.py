@@ -29,5 +29,5 @@ def test_a_claim_becomes_a_shared_directory_and_env_paths_follow_it(tmp_path: Pa
     assert process["env"]["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"  # from the ConfigMap reference
     assert process["env"]["MLOPS_SERVE_PORT"] == "40123" and process["env"]["MLOPS_SERVE_HOST"] == "127.0.0.1"
     assert "MLOPS_API_TOKENS" not in process["env"]  # the API's own settings stay with the API
-    assert process["command"][1:] == ["script/serve.py", *PROFILES["llm_chat"].llm.vllm.cli_args()]
+    assert process["command"][1:] == ["script/serve.py", *PROFILES["llm_chat"].llm.engine_args(use_gpu=False)]
     assert process["restartPolicy"] == "Always"

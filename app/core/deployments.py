@@ -19,6 +19,8 @@ from models.spec import MODEL_ARTIFACT_PATH, ServeSpec
 log = logging.getLogger("mlops.deployments")
 # A deleted deployment's last model-server output: serving-logs/<taskId>.log of the run it served.
 SERVING_LOGS = "serving-logs"
+ENGINE_VLLM = "vllm"
+ENGINE_MODEL_SERVER = "mlops-model-server"
 
 
 def predict_path(task_id: str) -> str:
@@ -51,9 +53,7 @@ class DeploymentService:
             max_rows=profile.inference.max_rows,
             max_request_bytes=profile.inference.max_request_bytes,
             use_gpu=request.use_gpu,
-            engine_args=llm.vllm.cli_args() if llm else [],
             served_model_name=request.model_id if llm else None,
-            max_new_tokens=llm.max_new_tokens if llm else 256,
             model_cache_dir=llm.model_cache.mount_path if llm else None,
         )
         normalized = request.model_dump(by_alias=True) | {"replicas": replicas}
@@ -160,9 +160,14 @@ class DeploymentService:
         await self.get(task_id)
         return await run_blocking(self.runtime.read_logs, KIND_INFERENCE, task_id, tail)
 
-    @staticmethod
-    def _task(state: WorkloadState) -> DeploymentTask:
+    def _task(self, state: WorkloadState) -> DeploymentTask:
         request = state.request
+        profile = self.profiles.get(request["modelProfile"])
+        language_model = profile is not None and profile.llm is not None
+        message = state.message
+        if language_model and state.phase == DeploymentStatus.READY and not message:
+            build = "CUDA" if request.get("useGpu") else "CPU"
+            message = f"vLLM's OpenAI server ({build} build) serves '{request['modelId']}'"
         return DeploymentTask(
             task_id=state.task_id,
             model_id=request["modelId"],
@@ -173,7 +178,8 @@ class DeploymentService:
             replicas=request.get("replicas", 1),
             ready_replicas=state.ready_replicas or 0,
             status=DeploymentStatus(state.phase),
-            message=state.message,
+            message=message,
+            engine=ENGINE_VLLM if language_model else ENGINE_MODEL_SERVER,
             service_name=inference_name(request["modelId"]),
             predict_path=predict_path(state.task_id),
             created_at=state.created_at,

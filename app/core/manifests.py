@@ -22,6 +22,8 @@ LABEL_TASK_KIND = "mlops.dev/task-kind"
 LABEL_PROFILE = "mlops.dev/profile"
 LABEL_MODEL_ID = "mlops.dev/model-id"
 ANNOTATION_REQUEST = "mlops.dev/request"
+# The name a language model's server answers to (OpenAI's "model"), for the proxy to send.
+ANNOTATION_SERVED_MODEL = "mlops.dev/served-model-name"
 
 KIND_TRAINING = "training"
 KIND_INFERENCE = "inference"
@@ -62,9 +64,12 @@ def _labels(kind: str, task_id: str, profile: str, model_id: str | None = None) 
     return labels
 
 
-def _metadata(name: str, labels: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
-    request_json = json.dumps(request, sort_keys=True, separators=(",", ":"))
-    return {"name": name, "labels": labels, "annotations": {ANNOTATION_REQUEST: request_json}}
+def _metadata(name: str, labels: dict[str, str], request: dict[str, Any], served_model_name: str | None = None
+              ) -> dict[str, Any]:
+    annotations = {ANNOTATION_REQUEST: json.dumps(request, sort_keys=True, separators=(",", ":"))}
+    if served_model_name:
+        annotations[ANNOTATION_SERVED_MODEL] = served_model_name
+    return {"name": name, "labels": labels, "annotations": annotations}
 
 
 def _env_from_cluster(refs: ClusterRefs) -> list[dict[str, Any]]:
@@ -109,9 +114,25 @@ _CONTAINER_SECURITY = {
 }
 
 
+def _llm_env(profile: ModelProfile) -> list[dict[str, Any]]:
+    """What a language-model pod (LoRA Job or vLLM server) needs besides the weight cache."""
+    assert profile.llm is not None
+    env: list[dict[str, Any]] = [
+        # vLLM reports usage to its authors by default; a platform's pods keep to themselves.
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        {"name": "DO_NOT_TRACK", "value": "1"},
+    ]
+    secret = profile.llm.hf_token_secret
+    if secret is not None:  # gated Hugging Face models; optional, so public models need no Secret
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": secret.name, "key": secret.key, "optional": True}}})
+    return env
+
+
 def _llm_volumes(profile: ModelProfile, container: dict[str, Any], shm: bool) -> list[dict[str, Any]]:
     """The weight cache (and vLLM's shared memory) of a language-model pod."""
     assert profile.llm is not None
+    container["env"] += _llm_env(profile)
     cache = profile.llm.model_cache
     source: dict[str, Any] = (
         {"persistentVolumeClaim": {"claimName": cache.claim_name}} if cache.claim_name else {"emptyDir": {}}
@@ -233,14 +254,16 @@ def inference_deployment(
     ]
     # A language model on GPUs takes one per tensor-parallel rank.
     gpus = profile.llm.vllm.tensor_parallel_size if profile.llm else None
+    image = profile.inference.image if use_gpu else profile.inference.cpu_image or profile.inference.image
     container = _container(
-        "server", profile.inference.image, "script/serve.py", env,
+        "server", image, "script/serve.py", env,
         _resources(profile.inference.resources, profile, use_gpu, gpu_count=gpus),
     )
     volumes: list[dict[str, Any]] = []
     if profile.llm:
-        # serve.py runs `vllm serve <model> ARGS` where vLLM can run, else its CPU backend.
-        container["args"] = profile.llm.vllm.cli_args()
+        # serve.py fetches the model, then runs vLLM's OpenAI server with these arguments (its CPU
+        # build or its CUDA build, whichever the image has; script/llm_server.py).
+        container["args"] = profile.llm.engine_args(use_gpu)
         volumes = _llm_volumes(profile, container, shm=True)
     container["ports"] = [{"name": HTTP_PORT_NAME, "containerPort": port, "protocol": "TCP"}]
     # Loading a model can take minutes (a language model's download, much longer): the startup
@@ -252,7 +275,7 @@ def inference_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(name, labels, request),
+        "metadata": _metadata(name, labels, request, spec.served_model_name),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector},
@@ -272,13 +295,18 @@ def inference_service(spec: ServeSpec, profile: ModelProfile, request: dict[str,
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(inference_name(spec.model_id), labels, request),
+        "metadata": _metadata(inference_name(spec.model_id), labels, request, spec.served_model_name),
         "spec": {
             "type": "ClusterIP",
             "selector": task_selector(KIND_INFERENCE, spec.task_id),
             "ports": [{"name": HTTP_PORT_NAME, "port": SERVICE_PORT, "targetPort": HTTP_PORT_NAME, "protocol": "TCP"}],
         },
     }
+
+
+def served_model_name_of(obj: dict[str, Any]) -> str | None:
+    """The language model's served name an inference object records, if any."""
+    return (obj.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_SERVED_MODEL)
 
 
 def request_of(obj: dict[str, Any]) -> dict[str, Any]:

@@ -14,9 +14,10 @@ USAGE = 'a language model takes {"data": {"prompt": "..."}} or {"data": {"messag
         '"content": "..."}]}}'
 
 
-def openai_request(body: bytes, model_name: str) -> tuple[str, bytes]:
+def openai_request(body: bytes, model_name: str | None) -> tuple[str, bytes]:
     """The OpenAI route and body for a predict body. `model_name` is the name the model server
-    serves the model under (vLLM answers 404 for any other)."""
+    serves the model under (vLLM answers 404 for any other); None for a deployment made before
+    it was recorded, whose server then answers with its only model."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -25,7 +26,8 @@ def openai_request(body: bytes, model_name: str) -> tuple[str, bytes]:
     if not isinstance(data, dict) or not ({"prompt", "messages"} & data.keys()):
         raise InvalidSpec(USAGE, field="data")
     request: dict[str, Any] = {key: value for key, value in data.items() if key in PASSED_ON}
-    request["model"] = model_name
+    if model_name is not None:
+        request["model"] = model_name
     route = "/v1/chat/completions" if "messages" in data else "/v1/completions"
     return route, orjson.dumps(request)
 

@@ -101,7 +101,7 @@ class DataPlane:
                                          send, id_header)
                 return
             if admitted.language_model:
-                route, body = language.openai_request(body, endpoint.model_id or endpoint.task_id)
+                route, body = language.openai_request(body, endpoint.served_model_name)
                 headers["content-type"] = JSON
             else:
                 route = found.route.upstream_path

@@ -65,6 +65,9 @@ class Endpoint:
     # The deployment's modelId: the name its model server serves the model under (a language
     # model's OpenAI `model`), and a label of its metrics.
     model_id: str | None = None
+    # A language model's name on its server (OpenAI's "model"), as the deployment records it; the
+    # data plane sends it for the specification's predict route. None for other models.
+    served_model_name: str | None = None
 
 
 class EndpointCache:

@@ -37,6 +37,7 @@ from app.core.manifests import (
     LABEL_PROFILE,
     READINESS_PATH,
     request_of,
+    served_model_name_of,
 )
 from app.runtime.base import AlreadyExists, Endpoint, EndpointCache, WorkloadState
 from app.runtime.local_supervisor import GRACE_SECONDS, write_json_atomic
@@ -448,7 +449,8 @@ class LocalRuntime:
         probe = container.get("readinessProbe", {}).get("httpGet", {})
         self._readiness_paths[task_id] = probe.get("path", READINESS_PATH)
         url = f"http://127.0.0.1:{record['port']}"
-        self.endpoints.put(Endpoint(task_id, url, ready, profile, message, model_id=labels.get(LABEL_MODEL_ID)))
+        self.endpoints.put(Endpoint(task_id, url, ready, profile, message, model_id=labels.get(LABEL_MODEL_ID),
+                                    served_model_name=served_model_name_of(deployment)))
 
     def reconcile(self) -> None:
         """Bring the endpoint cache in line with the data directory; restart dead model servers."""

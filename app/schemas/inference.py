@@ -37,6 +37,9 @@ class DeploymentTask(CamelModel):
     ready_replicas: int = 0
     status: DeploymentStatus
     message: str | None = None
+    # What serves the model: "vllm" (vLLM's OpenAI server) for language models, "mlops-model-server"
+    # (script/serve.py) for the others.
+    engine: str
     service_name: str
     predict_path: str
     created_at: datetime | None = None

@@ -17,7 +17,14 @@ from typing import Any
 
 from kubernetes import watch
 
-from app.core.manifests import KIND_INFERENCE, LABEL_MODEL_ID, LABEL_PROFILE, LABEL_TASK_ID, task_selector
+from app.core.manifests import (
+    KIND_INFERENCE,
+    LABEL_MODEL_ID,
+    LABEL_PROFILE,
+    LABEL_TASK_ID,
+    served_model_name_of,
+    task_selector,
+)
 from app.errors import MlopsError
 from app.runtime.base import Endpoint, EndpointCache
 from app.runtime.kubernetes.api import DEPLOYMENTS, SERVICES, ClusterApi, Resource, WatchExpired, raw_watch
@@ -250,7 +257,7 @@ class EndpointWatch:
             phase, message = inference_phase(deployment, [])
             ready = phase == DeploymentStatus.READY
         return Endpoint(task_id, target.base_url, ready, profile, message, target.headers, target.tls,
-                        labels.get(LABEL_MODEL_ID))
+                        labels.get(LABEL_MODEL_ID), served_model_name_of(source))
 
     def _publish(self, changes: EndpointChanges) -> None:
         if not changes:
