@@ -51,7 +51,7 @@ bench: $(STAMP)
 images:
 	./docker/build_images.sh
 
-## images-test: build the images with podman and start each one (train, serve, predict; about 6 minutes once built)
+## images-test: build the images with podman and start each one (train, serve, predict): 3 to 22 minutes, by what is cached
 images-test: $(STAMP)
 	./docker/dev/images_test.sh
 
