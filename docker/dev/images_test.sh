@@ -14,8 +14,19 @@ ROOT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PYTHON=${PYTHON:-${ROOT_DIR}/.venv/bin/python}
 export MLOPS_CONTAINER_TOOL=${MLOPS_CONTAINER_TOOL:-podman}
 
+# A cold build needs about 25 GB at its peak (the images, their build stages, a layer being
+# committed); earlier builds' layers stay behind until pruned. Stop before filling the disk.
+readonly NEEDED_GB=30
+
 if [[ $MLOPS_CONTAINER_TOOL == podman ]]; then
     export CONTAINERS_CONF=${CONTAINERS_CONF:-${ROOT_DIR}/docker/dev/containers.conf}
+    storage=$(podman info --format '{{.Store.GraphRoot}}')
+    free_gb=$(($(df --output=avail -k "$storage" | tail -1) / 1024 / 1024))
+    if ((free_gb < NEEDED_GB)); then
+        echo "images_test.sh: ${free_gb} GB free where podman stores images (${storage}), ${NEEDED_GB} GB needed:" \
+            "free some, e.g. 'podman image prune' (earlier builds' layers)" >&2
+        exit 2
+    fi
     if [[ ${MLOPS_STANDIN:-1} == 1 ]]; then
         "${ROOT_DIR}/docker/dev/python_standin.sh"
         MLOPS_PYTHON_BUILD_IMAGE=$("${ROOT_DIR}/docker/dev/python_standin.sh" --print-build-image)
