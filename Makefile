@@ -40,6 +40,7 @@ run: $(STAMP) $(VLLM_STAMP)
 
 ## test: run the whole test suite (the language-model tests start vLLM from .venv-vllm)
 test: $(STAMP) $(VLLM_STAMP)
+	./tests/platform_support/fetch_prometheus.sh .tools
 	$(PY) -m ruff check app models script tests benchmarks
 	$(PY) -m pytest -q
 
@@ -59,4 +60,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check app models script tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .mlops .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .mlops .pytest_cache .tools

@@ -5,8 +5,10 @@
 #   2. creates the namespace and the Secrets (random credentials and API tokens) when absent,
 #   3. builds the images (docker/build_images.sh) and makes them available to the cluster:
 #      imported into k3s's containerd, or pushed to the registry,
-#   4. applies kubernetes/base through a generated overlay that sets the namespace,
-#   5. waits for every rollout and prints how to reach the API and MLflow.
+#   4. applies kubernetes/base through a generated overlay that sets the namespace (with
+#      --with-observability also the component kubernetes/observability: Prometheus, Loki,
+#      Alloy, Grafana, and kubernetes/gpu-metrics: NVIDIA's DCGM exporter on GPU nodes),
+#   5. waits for every rollout and prints how to reach the API and MLflow (and Grafana).
 # Running it again changes nothing that is already in place: existing Secrets are kept, and the
 # applied manifests are the same unless the sources or the images changed.
 set -euo pipefail
@@ -21,6 +23,8 @@ source "${HERE}/kubernetes/k3s-common.sh"
 readonly DEFAULT_REGISTRY="localhost:5002"
 readonly DEFAULT_TIMEOUT_SECONDS=300
 readonly PART_OF="mlops-platform"
+# The GPU node agent's namespace (kubernetes/gpu-metrics), shared by every platform namespace.
+readonly GPU_METRICS_NAMESPACE="mlops-gpu-metrics"
 # The images the cluster runs (gpu-base is only the base the workload images are built on).
 readonly RUNTIME_IMAGES=(fastapi-mlops-api mlflow-trainer mlflow-inference)
 
@@ -35,6 +39,9 @@ Install the MLOps platform (PostgreSQL, SeaweedFS, MLflow and the fastapi-mlops-
 into NAMESPACE (default: default), creating it when absent.
 
 Options:
+  --with-observability  also install Prometheus, Loki, Grafana Alloy and Grafana (dashboards and alert
+                        rules) into NAMESPACE, and NVIDIA's DCGM exporter on GPU nodes into namespace
+                        ${GPU_METRICS_NAMESPACE}; the Grafana admin password is a random Secret
   --skip-build          use the images already in the cluster's reach: build, import and push nothing
   --image-load MODE     how built images reach the cluster (default: \$MLOPS_IMAGE_LOAD or auto):
                           k3s       docker save | k3s ctr images import -  (this node's containerd; uses sudo when not root)
@@ -43,7 +50,8 @@ Options:
                           auto      k3s when the k3s command is here, otherwise registry
   --timeout SECONDS     how long to wait for each rollout (default: ${DEFAULT_TIMEOUT_SECONDS})
   --render              print the manifests that would be applied to NAMESPACE and exit
-                        (no cluster access; needs only kubectl)
+                        (no cluster access; needs only kubectl; with --with-observability, also
+                        those of namespace ${GPU_METRICS_NAMESPACE})
   -h, --help            show this help
 
 Environment:
@@ -52,7 +60,8 @@ Environment:
   MLOPS_CONTAINER_TOOL  docker (default) or podman: builds, saves and pushes the images
 
 Afterwards:
-  ./monitor_all.sh NAMESPACE                                            status at a glance
+  ./monitor_all.sh NAMESPACE                                            status at a glance (with
+                                                                        Prometheus: rate, p99, errors)
   kubectl port-forward svc/fastapi-mlops-api-service 8000:80 -n NAMESPACE  then http://localhost:8000/docs
   ./clear_all_k3s.sh NAMESPACE                                          remove it again
 EOF
@@ -68,6 +77,7 @@ parse_args() {
     NAMESPACE=""
     SKIP_BUILD=false
     RENDER_ONLY=false
+    WITH_OBSERVABILITY=false
     IMAGE_LOAD=${MLOPS_IMAGE_LOAD:-auto}
     CONTAINER_TOOL=${MLOPS_CONTAINER_TOOL:-docker}
     TIMEOUT_SECONDS=$DEFAULT_TIMEOUT_SECONDS
@@ -76,6 +86,7 @@ parse_args() {
             -h | --help) usage; exit 0 ;;
             --skip-build) SKIP_BUILD=true ;;
             --render) RENDER_ONLY=true ;;
+            --with-observability) WITH_OBSERVABILITY=true ;;
             --image-load) (($# > 1)) || die_usage "--image-load needs a value"; IMAGE_LOAD=$2; shift ;;
             --image-load=*) IMAGE_LOAD=${1#*=} ;;
             --timeout) (($# > 1)) || die_usage "--timeout needs a value"; TIMEOUT_SECONDS=$2; shift ;;
@@ -225,6 +236,16 @@ ensure_secrets() {
         predict_token=$(random_hex 24)
         create_secret mlops-api-tokens "tokens=admin:${admin_token},predict:${predict_token}"
     fi
+    # Grafana starts only with this Secret (it would otherwise take admin/admin). Grafana writes
+    # the password into its database at its first start; later changes go through Grafana.
+    if [[ $WITH_OBSERVABILITY == true ]]; then
+        if object_exists secret mlops-grafana-admin; then
+            log "Secret mlops-grafana-admin exists: kept"
+        else
+            log "Creating Secret mlops-grafana-admin (Grafana's admin user, random password)"
+            create_secret mlops-grafana-admin "admin-user=admin" "admin-password=$(random_hex 20)"
+        fi
+    fi
 }
 
 image_ref() {
@@ -283,10 +304,14 @@ api_image_id() {
 
 # write_overlay DIR IMAGE_ID: a copy of kubernetes/base plus an overlay that sets the namespace
 # (kustomize then also rewrites the RoleBinding's subject), ships the repository's current
-# model_profiles.yaml, and applies the registry prefix and the control plane's image ID.
+# model_profiles.yaml, and applies the registry prefix and the control plane's image ID. With
+# --with-observability the overlay adds the component kubernetes/observability.
 write_overlay() {
     local dir=$1 image_id=$2
     cp -R "${ROOT_DIR}/kubernetes/base" "${dir}/base"
+    if [[ $WITH_OBSERVABILITY == true ]]; then
+        cp -R "${ROOT_DIR}/kubernetes/observability" "${dir}/observability"
+    fi
     # The profiles name the workload images with the default prefix: give them MLOPS_REGISTRY's.
     # (REGISTRY holds no character that sed's replacement would interpret.)
     sed "s#${DEFAULT_REGISTRY}/#${REGISTRY}/#g" "${ROOT_DIR}/model_profiles.yaml" >"${dir}/base/model_profiles.yaml"
@@ -300,6 +325,12 @@ namespace: "${NAMESPACE}"
 resources:
   - ../base
 EOF
+        if [[ $WITH_OBSERVABILITY == true ]]; then
+            cat <<EOF
+components:
+  - ../observability
+EOF
+        fi
         if [[ $REGISTRY != "$DEFAULT_REGISTRY" ]]; then
             cat <<EOF
 images:
@@ -320,6 +351,9 @@ patches:
         path: /subjects/0/namespace
         value: "${NAMESPACE}"
 EOF
+        if [[ $WITH_OBSERVABILITY == true ]]; then
+            observability_patches
+        fi
         if [[ -n $image_id || $IMAGE_LOAD == registry ]]; then
             cat <<EOF
   - patch: |-
@@ -350,12 +384,102 @@ EOF
     } >"${dir}/overlay/kustomization.yaml"
 }
 
+# The overlay's patches for kubernetes/observability: the ServiceAccount subjects quoted as above;
+# Prometheus' ClusterRole and ClusterRoleBinding (cluster-scoped: kustomize's namespace does not
+# reach them) named and labelled after the namespace, so that each platform has its own and
+# clear_all_k3s.sh finds this one. (kustomize follows the rename into the binding's roleRef.)
+observability_patches() {
+    local binding
+    for binding in prometheus alloy; do
+        cat <<EOF
+  - target:
+      kind: RoleBinding
+      name: ${binding}
+    patch: |-
+      - op: replace
+        path: /subjects/0/namespace
+        value: "${NAMESPACE}"
+EOF
+    done
+    cat <<EOF
+  - target:
+      kind: ClusterRole
+      name: mlops-prometheus
+    patch: |-
+      - op: replace
+        path: /metadata/name
+        value: "mlops-prometheus-${NAMESPACE}"
+      - op: add
+        path: /metadata/labels/mlops.dev~1platform-namespace
+        value: "${NAMESPACE}"
+  - target:
+      kind: ClusterRoleBinding
+      name: mlops-prometheus
+    patch: |-
+      - op: replace
+        path: /metadata/name
+        value: "mlops-prometheus-${NAMESPACE}"
+      - op: add
+        path: /metadata/labels/mlops.dev~1platform-namespace
+        value: "${NAMESPACE}"
+      - op: replace
+        path: /subjects/0/namespace
+        value: "${NAMESPACE}"
+EOF
+}
+
+# write_gpu_metrics_overlay DIR: kubernetes/gpu-metrics (its own namespace) plus the RoleBinding
+# that lets this platform's Prometheus find the exporters there.
+write_gpu_metrics_overlay() {
+    local dir=$1
+    cp -R "${ROOT_DIR}/kubernetes/gpu-metrics" "${dir}/gpu-metrics"
+    mkdir "${dir}/gpu-metrics-overlay"
+    cat >"${dir}/gpu-metrics-overlay/kustomization.yaml" <<EOF
+# Generated by ${SCRIPT_NAME}.
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../gpu-metrics
+  - prometheus-access.yaml
+EOF
+    cat >"${dir}/gpu-metrics-overlay/prometheus-access.yaml" <<EOF
+# Generated by ${SCRIPT_NAME}: Prometheus of namespace ${NAMESPACE} may list the exporter pods.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: prometheus-from-${NAMESPACE}
+  namespace: ${GPU_METRICS_NAMESPACE}
+  labels:
+    app.kubernetes.io/name: dcgm-exporter
+    app.kubernetes.io/component: prometheus-access
+    app.kubernetes.io/part-of: ${PART_OF}
+    mlops.dev/platform-namespace: "${NAMESPACE}"
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: dcgm-exporter-discovery
+subjects:
+  - kind: ServiceAccount
+    name: prometheus
+    namespace: "${NAMESPACE}"
+EOF
+}
+
 apply_manifests() {
     local image_id
     image_id=$(api_image_id)
     write_overlay "$WORK_DIR" "$image_id"
-    log "Applying kubernetes/base to namespace ${NAMESPACE}"
+    if [[ $WITH_OBSERVABILITY == true ]]; then
+        log "Applying kubernetes/base and kubernetes/observability to namespace ${NAMESPACE}"
+    else
+        log "Applying kubernetes/base to namespace ${NAMESPACE}"
+    fi
     kubectl apply --kustomize "${WORK_DIR}/overlay"
+    if [[ $WITH_OBSERVABILITY == true ]]; then
+        write_gpu_metrics_overlay "$WORK_DIR"
+        log "Applying kubernetes/gpu-metrics to namespace ${GPU_METRICS_NAMESPACE}"
+        kubectl apply --kustomize "${WORK_DIR}/gpu-metrics-overlay"
+    fi
 }
 
 wait_for_rollouts() {
@@ -374,6 +498,29 @@ wait_for_rollouts() {
         kubectl rollout status "$target" --namespace "$NAMESPACE" --timeout "${TIMEOUT_SECONDS}s" ||
             die "${target} is not ready after ${TIMEOUT_SECONDS}s: see ./monitor_all.sh ${NAMESPACE}"
     done
+    if [[ $WITH_OBSERVABILITY == true ]]; then
+        for target in statefulset/prometheus statefulset/loki deployment/alloy deployment/grafana; do
+            log "Waiting for ${target}"
+            kubectl rollout status "$target" --namespace "$NAMESPACE" --timeout "${TIMEOUT_SECONDS}s" ||
+                die "${target} is not ready after ${TIMEOUT_SECONDS}s: see ./monitor_all.sh ${NAMESPACE}"
+        done
+        # Done at once on a cluster without GPU nodes (no node asks for an exporter).
+        log "Waiting for daemonset/dcgm-exporter in namespace ${GPU_METRICS_NAMESPACE}"
+        kubectl rollout status daemonset/dcgm-exporter --namespace "$GPU_METRICS_NAMESPACE" \
+            --timeout "${TIMEOUT_SECONDS}s" ||
+            die "the DCGM exporter is not ready on every GPU node after ${TIMEOUT_SECONDS}s: kubectl get pods -n ${GPU_METRICS_NAMESPACE}"
+    fi
+}
+
+# A deploy without --with-observability leaves an observability platform deployed earlier as it
+# is (kubectl apply removes nothing); it is neither updated nor removed, and the note says so.
+report_kept_observability() {
+    if [[ $WITH_OBSERVABILITY == false ]] && object_exists statefulset prometheus; then
+        cat >&2 <<EOF
+${SCRIPT_NAME}: note: the observability platform (Prometheus, Loki, Alloy, Grafana) deployed earlier is still in
+  namespace '${NAMESPACE}' and was not updated: deploy with --with-observability to update it.
+EOF
+    fi
 }
 
 # Platforms deployed before SeaweedFS replaced MinIO still have MinIO's StatefulSet, Service, bucket
@@ -405,6 +552,15 @@ The MLOps platform is running in namespace '${NAMESPACE}'.
   Status:  ./monitor_all.sh ${NAMESPACE}
   Removal: ./clear_all_k3s.sh ${NAMESPACE}
 EOF
+    if [[ $WITH_OBSERVABILITY == true ]]; then
+        cat <<EOF
+  Grafana (dashboards in the folder MLOps; user admin):
+    kubectl port-forward svc/grafana 3000:3000 -n ${NAMESPACE}   then http://localhost:3000
+    kubectl get secret mlops-grafana-admin -n ${NAMESPACE} -o jsonpath='{.data.admin-password}' | base64 -d
+  Prometheus (alerts at /alerts):
+    kubectl port-forward svc/prometheus 9090:9090 -n ${NAMESPACE}   then http://localhost:9090
+EOF
+    fi
 }
 
 main() {
@@ -417,6 +573,11 @@ main() {
     if [[ $RENDER_ONLY == true ]]; then
         write_overlay "$WORK_DIR" ""
         kubectl kustomize "${WORK_DIR}/overlay"
+        if [[ $WITH_OBSERVABILITY == true ]]; then
+            write_gpu_metrics_overlay "$WORK_DIR"
+            echo "---"
+            kubectl kustomize "${WORK_DIR}/gpu-metrics-overlay"
+        fi
         return
     fi
 
@@ -426,6 +587,7 @@ main() {
     apply_manifests
     wait_for_rollouts
     report_retired_minio
+    report_kept_observability
     print_access
 }
 

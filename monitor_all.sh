@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # monitor_all.sh: the MLOps platform in one namespace on one screen: pods, jobs, deployments and
-# statefulsets, services, volumes, GPU allocation per node, recent warning events, and the last
-# lines of the control plane's log. With -w it redraws the screen every few seconds.
-# Read-only: it only runs `kubectl get` and `kubectl logs`.
+# statefulsets, services, volumes, GPU allocation per node, predict traffic per deployment (rate,
+# p99 latency, errors; from Prometheus when deploy_all_k3s.sh --with-observability installed it),
+# recent warning events, and the last lines of the control plane's log. With -w it redraws the
+# screen every few seconds.
+# Read-only: it only runs `kubectl get` (Prometheus is read through the API server's service
+# proxy, `kubectl get --raw`: no port-forward, nothing left running) and `kubectl logs`.
 set -euo pipefail
 
 readonly SCRIPT_NAME="monitor_all.sh"
@@ -15,6 +18,17 @@ source "${HERE}/kubernetes/k3s-common.sh"
 readonly GPU_RESOURCE="nvidia.com/gpu"
 readonly LOG_LINES=20
 readonly EVENT_LINES=10
+# Prometheus' Service as the API server's proxy names it (scheme:name:port).
+readonly PROMETHEUS_PROXY="http:prometheus:9090"
+# The recording rules the traffic table reads (kubernetes/observability/prometheus/recording-rules.yaml).
+readonly TRAFFIC_SERIES=(
+    mlops:deployment_replicas:ready
+    mlops:deployment_replicas:desired
+    mlops:predict_requests:rate5m
+    mlops:predict_latency_seconds:p99_5m
+    mlops:predict_errors_4xx:rate5m
+    mlops:predict_errors_5xx:rate5m
+)
 
 usage() {
     cat <<EOF
@@ -117,6 +131,64 @@ warning_events() {
     fi
 }
 
+# Rate, p99 and errors of each deployment's calls over the last five minutes, and its ready
+# replicas, from Prometheus' /federate (the recording rules' current values, as plain text).
+deployment_traffic() {
+    local found query="" series out
+    if ! found=$(kubectl get service prometheus --namespace "$NAMESPACE" --ignore-not-found --output name 2>&1); then
+        printf '(unavailable: %s)\n' "${found##*$'\n'}"
+        return 0
+    fi
+    if [[ -z $found ]]; then
+        echo "(no Prometheus in this namespace: ./deploy_all_k3s.sh --with-observability ${NAMESPACE} installs it)"
+        return 0
+    fi
+    for series in "${TRAFFIC_SERIES[@]}"; do
+        query+="${query:+&}match%5B%5D=${series}"
+    done
+    if ! out=$(kubectl get --raw "/api/v1/namespaces/${NAMESPACE}/services/${PROMETHEUS_PROXY}/proxy/federate?${query}" 2>&1); then
+        printf '(unavailable: %s)\n' "${out##*$'\n'}"
+        return 0
+    fi
+    # Lines: name{label="value",...} value [timestamp]. Rows in the order deployments first appear.
+    printf '%s\n' "$out" | awk '
+        # The value of label key in text (the labels between the braces, a comma put in front).
+        function label(text, key) {
+            if (match(text, "," key "=\"[^\"]*\"")) return substr(text, RSTART + length(key) + 3, RLENGTH - length(key) - 4)
+            return ""
+        }
+        function number(value, scale, format) {
+            if (value == "" || value == "NaN" || value ~ /Inf/) return "-"
+            return sprintf(format, value * scale)
+        }
+        /^#/ || NF == 0 { next }
+        {
+            name = $0; sub(/[{ ].*/, "", name)
+            labels = ""
+            if (index($0, "{")) { labels = $0; sub(/^[^{]*\{/, ",", labels); sub(/\}.*/, "", labels) }
+            rest = $0; sub(/^[^}]*\} */, "", rest); split(rest, fields, " ")
+            task = label(labels, "task_id")
+            if (task == "") next
+            if (!(task in model)) { order[++count] = task }
+            model[task] = label(labels, "model_id")
+            value[task, name] = fields[1]
+        }
+        END {
+            if (count == 0) { print "(no deployment series in Prometheus yet)"; exit }
+            printf "%-28s %-28s %7s %9s %9s %9s %9s\n", "TASK", "MODEL", "READY", "REQ/S", "P99(ms)", "4XX/S", "5XX/S"
+            for (i = 1; i <= count; i++) {
+                t = order[i]
+                ready = number(value[t, "mlops:deployment_replicas:ready"], 1, "%d")
+                desired = number(value[t, "mlops:deployment_replicas:desired"], 1, "%d")
+                printf "%-28s %-28s %7s %9s %9s %9s %9s\n", t, model[t], ready "/" desired,
+                    number(value[t, "mlops:predict_requests:rate5m"], 1, "%.2f"),
+                    number(value[t, "mlops:predict_latency_seconds:p99_5m"], 1000, "%.1f"),
+                    number(value[t, "mlops:predict_errors_4xx:rate5m"], 1, "%.2f"),
+                    number(value[t, "mlops:predict_errors_5xx:rate5m"], 1, "%.2f")
+            }
+        }'
+}
+
 render_screen() {
     local context
     context=$(kubectl config current-context 2>/dev/null) || context="(none)"
@@ -133,6 +205,8 @@ render_screen() {
     show kubectl get persistentvolumeclaims --namespace "$NAMESPACE"
     section "GPU allocation per node"
     gpu_allocation
+    section "Predict traffic per deployment (Prometheus, last 5 minutes)"
+    deployment_traffic
     section "Recent warning events"
     warning_events
     section "Control plane log (last ${LOG_LINES} lines)"

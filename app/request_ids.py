@@ -3,13 +3,13 @@ returned in the answer, passed to the model server, and written in every log lin
 request (RequestContextFilter reads it, and the task id, from the request's context)."""
 
 import logging
-import os
-import re
 from contextvars import ContextVar
 from typing import Any
 
-HEADER = b"x-request-id"
-_USABLE = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+from models.logs import REQUEST_ID_HEADER as HEADER
+from models.logs import request_id
+
+__all__ = ["HEADER", "RequestContextFilter", "current", "request_id", "task_id_of"]
 # The request id and ASGI scope of the request the current task serves (its path parameters name
 # its task id, once routed).
 current: ContextVar[tuple[str, dict[str, Any]] | None] = ContextVar("mlops_request", default=None)
@@ -17,14 +17,6 @@ current: ContextVar[tuple[str, dict[str, Any]] | None] = ContextVar("mlops_reque
 
 def task_id_of(scope: dict[str, Any]) -> str | None:
     return (scope.get("path_params") or {}).get("task_id")
-
-
-def request_id(sent: bytes | None) -> str:
-    """`sent` (the header's raw value) if it is a plain token of at most 128 characters, which
-    cannot break a header or a log line; otherwise a new random id."""
-    if sent is not None and _USABLE.fullmatch(sent):
-        return sent.decode("ascii")
-    return os.urandom(16).hex()
 
 
 class RequestContextFilter(logging.Filter):

@@ -18,7 +18,6 @@ What the run holds, for llm_chat to serve it by its run id:
 
 import gc
 import importlib.util
-import json
 import math
 import os
 import tempfile
@@ -31,6 +30,7 @@ import torch
 
 from models.base import TrainContext, TrainingError
 from models.datasets import read_jsonl
+from models.logs import event
 from models.spec import MODEL_ARTIFACT_PATH, QLORA_ENV
 
 ADAPTER_ARTIFACT_PATH = "adapter"
@@ -227,7 +227,7 @@ def qlora_available(device: str) -> bool:
 
 
 def _log(message: str, **fields: object) -> None:
-    print(json.dumps({"message": message, **fields}, default=str), flush=True)
+    event(message, **fields)
 
 
 def _pip_requirements() -> list[str]:

@@ -9,6 +9,7 @@ Fields are passed with `extra=`; a field is never a token, a secret or a request
 import io
 import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -16,6 +17,8 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 LOG_FORMAT_ENV = "MLOPS_LOG_FORMAT"
+REQUEST_ID_HEADER = b"x-request-id"
+_USABLE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 FORMATS = ("json", "text")
 # The fields a line may carry, in the order a text line shows them.
 FIELDS = ("requestId", "taskId", "client", "method", "path", "httpVersion", "status", "durationMs", "modelId",
@@ -56,6 +59,7 @@ def configure(level: str = "INFO", kind: str | None = None, **fields: Any) -> No
     # MLflow gives its loggers a handler of its own when imported, unless told not to: its lines
     # then reach ours, in the same format.
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    fields = {name: value for name, value in fields.items() if value is not None}
     handler = logging.StreamHandler(sys.__stdout__)
     handler.setFormatter(formatter(kind))
     if fields:
@@ -108,3 +112,21 @@ class StaticFields(logging.Filter):
 def event(message: str, **fields: Any) -> None:
     """A line of a training's progress (an epoch, a result), with its figures as fields."""
     logging.getLogger("mlops.trainer").info(message, extra=fields)
+
+
+def request_id(sent: bytes | None) -> str:
+    """The caller's X-Request-ID (the header's raw value) if it is a plain token of at most 128
+    characters, which cannot break a header or a log line; otherwise a new random id."""
+    if sent is not None and _USABLE_REQUEST_ID.fullmatch(sent):
+        return sent.decode("ascii")
+    return os.urandom(16).hex()
+
+
+def access_line(logger: logging.Logger, method: str, path: str, status: int, seconds: float,
+                **fields: Any) -> None:
+    """One line for one answered request. The record is made and handled directly: logger.info
+    would also walk the stack to find its caller, which costs more than the rest of the line."""
+    if logger.isEnabledFor(logging.INFO):
+        fields.update(method=method, path=path, status=status, durationMs=round(seconds * 1000, 3))
+        logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, "%s %s %d", (method, path, status),
+                                        None, extra=fields))

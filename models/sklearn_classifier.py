@@ -6,7 +6,6 @@ probe rows (missing values included) and scikit-learn's probabilities on them
 (models/serving_bundle.py), served without scikit-learn (models/tabular_serving.py).
 """
 
-import json
 from pathlib import Path
 
 import mlflow
@@ -16,6 +15,7 @@ from sklearn.metrics import accuracy_score, f1_score, log_loss
 
 from models.base import TabularData, TrainContext, TrainingError
 from models.datasets import TabularHandler, split
+from models.logs import event
 from models.sklearn_logging import log_sklearn_model
 from models.tabular_serving import ClassifierPredictor, load_classifier
 
@@ -51,7 +51,7 @@ class HistGradientBoostingClassifierHandler(TabularHandler):
         for step, loss in enumerate(model.train_score_[1:], start=1):
             mlflow.log_metric("train_neg_log_loss", float(loss), step=step, synchronous=False)
         mlflow.log_metrics(metrics)
-        print(json.dumps({"message": "trained", **{k: round(v, 6) for k, v in metrics.items()}}), flush=True)
+        event("trained", **{k: round(v, 6) for k, v in metrics.items()})
         log_sklearn_model(model, data, context, "classification", self.allows_missing_features)
         return metrics
 

@@ -2,7 +2,6 @@
 pinned requirements, the feature names as metadata, and the serving bundle (a compiled form with
 probe rows and the framework's answers on them; models/serving_bundle.py) as extra files."""
 
-import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from sklearn.base import BaseEstimator
 
 from models.base import TabularData, TrainContext, TrainingError
 from models.compiled_forms import Compiled, Task, compile_classifier, compile_regressor
+from models.logs import event
 from models.serving_bundle import probe_rows, write_bundle
 from models.spec import MODEL_ARTIFACT_PATH
 from models.tabular_serving import json_label
@@ -54,7 +54,7 @@ def write_serving_bundle(model: BaseEstimator, data: TabularData, task: Task, al
             outcome = {"compiledForm": compiled.form, "probeRows": len(rows)}
     except Exception as exc:  # FormRejected or a compiler's error: never fail a training run over it
         outcome, files = {"compiledForm": None, "reason": f"{type(exc).__name__}: {exc}"}, []
-    print(json.dumps({"message": "serving bundle", **outcome}), flush=True)
+    event("serving bundle", **outcome)
     return files
 
 

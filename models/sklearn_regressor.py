@@ -6,7 +6,6 @@ ONNX Runtime, with probe rows and scikit-learn's answers on them (models/serving
 model server serves that form without importing scikit-learn (models/tabular_serving.py).
 """
 
-import json
 from pathlib import Path
 
 import mlflow
@@ -17,6 +16,7 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from models.base import TabularData, TrainContext, TrainingError
 from models.datasets import TabularHandler, split
+from models.logs import event
 from models.sklearn_logging import log_sklearn_model
 from models.tabular_serving import RegressorPredictor, load_regressor
 
@@ -52,8 +52,7 @@ class SklearnRegressorHandler(TabularHandler):
                 if len(idx) > 1 and np.var(actual) > 0:
                     metrics[f"{prefix}_r2"] = float(r2_score(actual, predicted))
         mlflow.log_metrics(metrics)
-        print(json.dumps({"message": "trained", "estimator": estimator,
-                          **{k: round(v, 6) for k, v in metrics.items()}}), flush=True)
+        event("trained", estimator=estimator, **{k: round(v, 6) for k, v in metrics.items()})
         log_sklearn_model(model, data, context, "regression")
         return metrics
 

@@ -12,7 +12,7 @@ first; `GET /metadata` names the form that serves:
    `predict` / `predict_proba`.
 """
 
-import sys
+import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -194,7 +194,7 @@ def _from_bundle(model_dir: Path, task: Task) -> tuple[dict[str, Any], Any, str 
     try:
         return mlmodel, load_checked(manifest_path, task), None
     except FormRejected as exc:
-        print(f"serving bundle not used: {exc}; loading the framework", file=sys.stderr, flush=True)
+        logging.getLogger("mlops.model_server").warning("serving bundle not used: %s; loading the framework", exc)
         return mlmodel, None, f"serving bundle not used: {exc}"
 
 

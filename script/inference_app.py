@@ -3,19 +3,29 @@
   GET  /health    liveness: the process answers
   GET  /ready     readiness: 200 once the model is loaded
   GET  /metadata  what is being served
+  GET  /metrics   Prometheus metrics (script/server_metrics.py)
   POST /predict   {"data": {"features": [[...], ...]}} -> {"predictions": [...], ...}
-The request path: parse with orjson, check the shape, call the model.
+The request path: parse with orjson, check the shape, call the model; count it, and write one
+access line with the caller's X-Request-ID (the control plane sends its own), which is echoed back.
 """
 
+import logging
+import time
 from typing import Any
 
 import numpy as np
 import orjson
 
 from models.base import InputError, Predictor
+from models.logs import REQUEST_ID_HEADER, access_line, request_id
 from models.spec import ServeSpec
+from script.server_metrics import CONTENT_TYPE, ServerMetrics, model_version
 
 JSON_TYPE = (b"content-type", b"application/json")
+ACCESS = logging.getLogger("mlops.model_server.access")
+# A failed predict's reason in model_infer_request_failure_total, by the error code it answered.
+# Probes and scrapes come every few seconds: their lines would drown the predicts'.
+QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
 # numpy arrays in a prediction (the fast forms return them) serialize without a .tolist() copy.
 DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -70,9 +80,13 @@ def _checked_rows(rows: list, n_features: int) -> np.ndarray:
 
 
 class InferenceApp:
-    def __init__(self, spec: ServeSpec, predictor: Predictor, device: str, load_seconds: float):
+    def __init__(self, spec: ServeSpec, predictor: Predictor, device: str, load_seconds: float,
+                 access_log: bool = True):
         self.spec = spec
         self.predictor = predictor
+        self.metrics = ServerMetrics(spec.model_id, model_version(spec.model_uri or ""), spec.task_id, spec.handler,
+                                     predictor.form)
+        self.access_log = access_log
         self.metadata = orjson.dumps({
             "taskId": spec.task_id, "modelId": spec.model_id, "modelUri": spec.model_uri,
             "modelProfile": spec.model_profile, "handler": spec.handler, "device": device,
@@ -82,24 +96,37 @@ class InferenceApp:
         })
 
     def predict(self, body: bytes) -> tuple[int, bytes]:
+        started = time.perf_counter()
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
+            self.metrics.failed("invalid_json", time.perf_counter() - started)
             return error(400, "invalid_json", f"body is not valid JSON: {exc}")
         try:
             rows = extract_rows(payload, self.predictor.n_features, self.spec.max_rows)
-            return 200, orjson.dumps(self.predictor.predict(rows), option=DUMP_OPTIONS)
+            answer = orjson.dumps(self.predictor.predict(rows), option=DUMP_OPTIONS)
         except InputError as exc:
+            self.metrics.failed("invalid_input", time.perf_counter() - started)
             return error(422, "invalid_input", str(exc), "data.features")
+        except Exception:
+            self.metrics.failed("error", time.perf_counter() - started)
+            raise
+        self.metrics.answered(len(rows), time.perf_counter() - started)
+        return 200, answer
 
-    def route(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+    def route(self, method: str, path: str, body: bytes) -> tuple[int, bytes, bytes]:
+        """The status, body and content type of a request's answer."""
         if path == "/predict":
-            return self.predict(body) if method == "POST" else error(405, "method_not_allowed", "use POST")
+            if method == "POST":
+                return (*self.predict(body), JSON_TYPE[1])
+            return (*error(405, "method_not_allowed", "use POST"), JSON_TYPE[1])
         if path in ("/health", "/ready"):
-            return 200, b'{"status":"ok"}'
+            return 200, b'{"status":"ok"}', JSON_TYPE[1]
         if path == "/metadata":
-            return 200, self.metadata
-        return error(404, "not_found", f"no route {path}")
+            return 200, self.metadata, JSON_TYPE[1]
+        if path == "/metrics":
+            return 200, self.metrics.exposition(), CONTENT_TYPE
+        return (*error(404, "not_found", f"no route {path}"), JSON_TYPE[1])
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -109,6 +136,12 @@ class InferenceApp:
             return
         if scope["type"] != "http":
             return
+        started = time.perf_counter()
+        sent_id = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                sent_id = value
+                break
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -122,9 +155,17 @@ class InferenceApp:
         if size > self.spec.max_request_bytes:
             limit = self.spec.max_request_bytes
             status, payload = error(413, "payload_too_large", f"body is larger than {limit} bytes")
+            content_type = JSON_TYPE[1]
+            if scope["path"] == "/predict":
+                self.metrics.failed("too_large", time.perf_counter() - started)
         else:
-            status, payload = self.route(scope["method"], scope["path"], b"".join(chunks))
+            status, payload, content_type = self.route(scope["method"], scope["path"], b"".join(chunks))
+        rid = request_id(sent_id)
         # A Content-Length spares the response chunked encoding, for us and for every client.
-        headers = [JSON_TYPE, (b"content-length", str(len(payload)).encode())]
+        headers = [(b"content-type", content_type), (b"content-length", str(len(payload)).encode()),
+                   (REQUEST_ID_HEADER, rid.encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+        if self.access_log and scope["path"] not in QUIET_PATHS:
+            access_line(ACCESS, scope["method"], scope["path"], status, time.perf_counter() - started,
+                        requestId=rid, taskId=self.spec.task_id)

@@ -18,6 +18,7 @@ the deployment's status shows.
 """
 
 import importlib.util
+import logging
 import os
 import re
 import signal
@@ -27,8 +28,6 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
-
-import orjson
 
 from models.llm_chat import resolve_model_dir
 from models.spec import SERVE_HOST_ENV, SERVE_PORT_ENV, VLLM_PYTHON_ENV, ServeSpec
@@ -135,7 +134,7 @@ def run_server(command: list[str]) -> tuple[int, deque[str]]:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, hand_on)
     assert child.stdout is not None
-    out = sys.stdout.buffer
+    out = sys.__stdout__.buffer  # the process's own stdout: vLLM's lines as vLLM writes them
     for raw in child.stdout:
         out.write(raw)
         out.flush()
@@ -156,10 +155,9 @@ def main(spec: ServeSpec, profile_args: list[str], fail: Callable[[str], int]) -
     except Exception as exc:
         return fail(f"cannot get the model {spec.model_uri or spec.model_reference}: {type(exc).__name__}: {exc}")
     command = server_command(python, model_dir, spec, host, port, profile_args)
-    print(orjson.dumps({"message": "starting vLLM's OpenAI server", "engine": "vllm",
-                        "device": "cuda" if spec.use_gpu else "cpu", "model": str(model_dir),
-                        "servedModelName": command[command.index("--served-model-name") + 1],
-                        "command": command}).decode(), flush=True)
+    logging.getLogger("mlops.model_server").info("starting vLLM's OpenAI server", extra={
+        "engine": "vllm", "device": "cuda" if spec.use_gpu else "cpu", "model": str(model_dir),
+        "servedModelName": command[command.index("--served-model-name") + 1], "command": command})
     code, tail = run_server(command)
     if code < 0:  # ended by a signal, as a shell reports it
         return 128 - code

@@ -12,6 +12,7 @@ starts before this process imports anything beyond the standard library, and wha
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models import SERVING_HANDLERS, get_serving_handler
+from models import SERVING_HANDLERS, get_serving_handler, logs
 from models.workload_env import (
     DEFAULT_TERMINATION_LOG,
     SERVE_HOST_ENV,
@@ -74,9 +75,21 @@ class ModelDownload:
         return str(answer["path"])
 
     def stop(self) -> None:
+        """End the download if it still runs (the server is stopping); one already waited for is done."""
         if self.process.poll() is None:
             self.process.kill()
-        self.process.communicate()
+        if self.process.stdout is not None and not self.process.stdout.closed:
+            self.process.communicate()
+
+
+def task_id_of(raw_spec: str | None) -> str | None:
+    """The task id from the spec's raw JSON, for the log lines before the spec is validated."""
+    try:
+        fields = json.loads(raw_spec or "")
+    except ValueError:
+        return None
+    task_id = fields.get("task_id") if isinstance(fields, dict) else None
+    return task_id if isinstance(task_id, str) else None
 
 
 def choose_device(use_gpu: bool) -> str:
@@ -87,8 +100,11 @@ def choose_device(use_gpu: bool) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+LOGGER = logging.getLogger("mlops.model_server")
+
+
 def fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    LOGGER.error("error: %s", message)
     # Outside a pod with no file set, stderr alone carries the message.
     with contextlib.suppress(OSError):
         Path(os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG)).write_text(message[:4000])
@@ -99,6 +115,8 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mlops-model-") as folder:
         download = ModelDownload.early(os.environ.get(SERVE_SPEC_ENV), folder)
+        # After the download's start, which is the longest step: JSON lines with the task id.
+        logs.configure(taskId=task_id_of(os.environ.get(SERVE_SPEC_ENV)))
         try:
             return serve(download, folder, started)
         finally:
@@ -122,7 +140,6 @@ def serve(download: ModelDownload | None, folder: str, started: float) -> int:
         return fail(f"{SERVE_SPEC_ENV} has no model_uri: handler {spec.handler} serves an MLflow model")
     if download is None or download.model_uri != spec.model_uri:
         download = ModelDownload(spec.model_uri, folder)
-    import orjson
     import uvicorn
 
     from script.inference_app import InferenceApp
@@ -141,13 +158,16 @@ def serve(download: ModelDownload | None, folder: str, started: float) -> int:
     load_seconds = time.monotonic() - started
     host = os.environ.get(SERVE_HOST_ENV, "0.0.0.0")
     port = int(os.environ.get(SERVE_PORT_ENV, "8080"))
-    print(orjson.dumps({"message": "model loaded", "modelUri": spec.model_uri, "device": device,
-                        "features": predictor.n_features, "form": predictor.form,
-                        **({"formNote": predictor.note} if predictor.note else {}),
-                        "seconds": round(load_seconds, 2), "listen": f"{host}:{port}"}).decode(), flush=True)
+    LOGGER.info("model loaded", extra={
+        "modelUri": spec.model_uri, "device": device, "features": predictor.n_features, "form": predictor.form,
+        **({"formNote": predictor.note} if predictor.note else {}), "seconds": round(load_seconds, 2),
+        "listen": f"{host}:{port}"})
+    access_log = os.environ.get("MLOPS_ACCESS_LOG", "true").lower() not in ("0", "false", "no")
     # httptools and uvloop (uvicorn[standard]): the fastest parser and loop uvicorn has.
     # No websockets and no lifespan: the app has neither, and uvicorn then imports less at start.
-    uvicorn.run(InferenceApp(spec, predictor, device, load_seconds), host=host, port=port, http="httptools",
+    # log_config=None: uvicorn's own lines go through the process's logging (JSON, with the task id).
+    uvicorn.run(InferenceApp(spec, predictor, device, load_seconds, access_log), host=host, port=port,
+                http="httptools", log_config=None,
                 loop="uvloop", ws="none", log_level="warning", access_log=False, lifespan="off", server_header=False)
     return 0
 

@@ -57,7 +57,14 @@ def choose_device(use_gpu: bool) -> str:
     return "cpu"
 
 
+# MLflow reads these from the environment before anything the code asks: an experiment or run
+# inherited from wherever the trainer was started must not replace the task's own.
+INHERITED_MLFLOW_CONTEXT = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+
+
 def train(spec: TrainSpec, log_file: Path) -> None:
+    for name in INHERITED_MLFLOW_CONTEXT:
+        os.environ.pop(name, None)
     import mlflow
 
     from models import get_handler

@@ -1,7 +1,9 @@
 """The platform scripts (deploy_all_k3s.sh, monitor_all.sh, clear_all_k3s.sh,
 docker/build_images.sh), run against recording stand-ins of kubectl, docker and k3s
 (tests/platform_support): which commands they run, in which order, in which namespace, and that
-a second deploy creates nothing new. Plus shellcheck on every script.
+a second deploy creates nothing new; the same for the observability platform
+(--with-observability), the GPU metrics namespace it shares between platforms, and the monitor's
+traffic table from Prometheus. Plus shellcheck on every script.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.platform_support.contract import MANAGED_BY_API, PART_OF, RUNTIME_IMAGES, SECRET_KEYS
+from tests.platform_support.contract import (
+    GPU_METRICS_NAMESPACE,
+    MANAGED_BY_API,
+    OBSERVABILITY_SECRET_KEYS,
+    PART_OF,
+    RUNTIME_IMAGES,
+    SECRET_KEYS,
+)
 from tests.platform_support.fake_cluster import REPO_ROOT, Call, FakeCluster, secret_data
 
 SCRIPTS = ("deploy_all_k3s.sh", "monitor_all.sh", "clear_all_k3s.sh", "docker/build_images.sh")
@@ -81,7 +90,7 @@ def deploy(cluster: FakeCluster, *args: str, **env: str) -> list[Call]:
 # ----------------------------------------------------------------------------- shellcheck
 
 
-@pytest.mark.parametrize("script", (*SCRIPTS, "kubernetes/k3s-common.sh"))
+@pytest.mark.parametrize("script", (*SCRIPTS, "kubernetes/k3s-common.sh", "tests/platform_support/fetch_prometheus.sh"))
 def test_script_is_shellcheck_clean(script: str) -> None:
     shellcheck = Path(sys.executable).with_name("shellcheck")
     binary = str(shellcheck) if shellcheck.exists() else shutil.which("shellcheck")
@@ -160,6 +169,7 @@ def test_first_deploy_runs_every_step_in_order_in_the_namespace(first_deploy) ->
         f"kubectl rollout status deployment/mlflow --namespace {NS} --timeout 300s",
         f"kubectl rollout status deployment/fastapi-mlops-api --namespace {NS} --timeout 300s",
         f"kubectl get statefulset minio --namespace {NS} --ignore-not-found --output name",
+        f"kubectl get statefulset prometheus --namespace {NS} --ignore-not-found --output name",
     ]
 
     namespace_doc = yaml.safe_load(calls[1].stdin)
@@ -375,6 +385,7 @@ def test_clear_removes_the_platform_and_the_api_objects_but_keeps_data(deployed:
     calls = known_calls(cluster)[before:]
     assert [call.line for call in calls] == [
         f"kubectl get namespace {NS} --ignore-not-found --output name",
+        f"kubectl get statefulset prometheus --namespace {NS} --ignore-not-found --output name",
         f"kubectl delete deployment fastapi-mlops-api --namespace {NS} --ignore-not-found",
         f"kubectl delete jobs,deployments,services --namespace {NS} "
         "--selector app.kubernetes.io/managed-by=fastapi-mlops-api --ignore-not-found",
@@ -401,7 +412,7 @@ def test_clear_purge_deletes_data_and_the_namespace_deploy_created(deployed: Fak
     ok(cluster.run("clear_all_k3s.sh", "--purge", "--yes", NS))
 
     lines = [call.line for call in known_calls(cluster)[before:]]
-    assert lines[4:] == [
+    assert lines[5:] == [
         f"kubectl delete persistentvolumeclaims,secrets --namespace {NS} "
         "--selector app.kubernetes.io/part-of=mlops-platform --ignore-not-found",
         f"kubectl get namespace {NS} --output jsonpath={{.metadata.labels.mlops\\.dev/created-by}}",
@@ -496,3 +507,204 @@ def test_monitor_watch_redraws(cluster: FakeCluster) -> None:
     cluster.add_namespace(NS)
     out = ok(cluster.run("monitor_all.sh", "-w", "--interval", "0", "--count", "3", NS)).stdout
     assert out.count("MLOps platform | namespace") == 3
+
+
+# ----------------------------------------------------------------------------- observability
+
+OBSERVED = ("statefulset/prometheus", "statefulset/loki", "deployment/alloy", "deployment/grafana")
+
+
+@pytest.fixture(scope="module")
+def observability_deploy(
+        tmp_path_factory: pytest.TempPathFactory) -> tuple[FakeCluster, subprocess.CompletedProcess[str]]:
+    """One deploy with --with-observability into an empty fake cluster, done once."""
+    template = FakeCluster(tmp_path_factory.mktemp("observed") / "cluster")
+    return template, ok(template.run("deploy_all_k3s.sh", "--with-observability", "--skip-build", NS))
+
+
+@pytest.fixture
+def observed(tmp_path: Path, observability_deploy) -> FakeCluster:
+    cluster = FakeCluster(tmp_path / "cluster")
+    cluster.copy_state_from(observability_deploy[0])
+    return cluster
+
+
+def applies(calls: list[Call]) -> list[Call]:
+    return [call for call in calls if call.argv[:1] == ["apply"]]
+
+
+def cluster_objects(cluster: FakeCluster) -> dict[str, dict]:
+    """The cluster-scoped objects (ClusterRoles and their bindings), by "kind/name"."""
+    return cluster.objects("")
+
+
+def test_observability_deploy_applies_the_component_and_the_gpu_metrics(observability_deploy) -> None:
+    cluster, result = observability_deploy
+    calls = known_calls(cluster)
+    platform, gpu = applies(calls)
+
+    overlay = yaml.safe_load(platform.overlay)
+    assert overlay["components"] == ["../observability"] and overlay["resources"] == ["../base"]
+    applied = {f"{obj['kind']}/{obj['name']}": obj["namespace"] for obj in platform.applied}
+    for name in ("StatefulSet/prometheus", "Service/prometheus", "StatefulSet/loki", "Service/loki",
+                 "NetworkPolicy/loki", "Deployment/alloy", "Deployment/grafana", "Service/grafana",
+                 "PersistentVolumeClaim/grafana", "Role/prometheus", "RoleBinding/prometheus",
+                 "Role/alloy", "RoleBinding/alloy", "Deployment/fastapi-mlops-api"):
+        assert applied[name] == NS, name
+    # Cluster-scoped, so named after the namespace: one per platform.
+    assert applied[f"ClusterRole/mlops-prometheus-{NS}"] == ""
+    assert applied[f"ClusterRoleBinding/mlops-prometheus-{NS}"] == ""
+
+    # (The counters' ConfigMap name carries a hash of its content.)
+    gpu_objects = {re.sub(r"-[a-z0-9]{10}$", "", f"{obj['kind']}/{obj['name']}"): obj["namespace"]
+                   for obj in gpu.applied}
+    assert gpu_objects == {
+        f"Namespace/{GPU_METRICS_NAMESPACE}": None,
+        **{name: GPU_METRICS_NAMESPACE for name in (
+            "Role/dcgm-exporter-discovery", f"RoleBinding/prometheus-from-{NS}", "ConfigMap/dcgm-exporter-counters",
+            "Service/dcgm-exporter", "DaemonSet/dcgm-exporter", "NetworkPolicy/dcgm-exporter")},
+    }
+    access = cluster.objects(GPU_METRICS_NAMESPACE)[f"rolebinding/prometheus-from-{NS}"]
+    assert access["subjects"] == [{"kind": "ServiceAccount", "name": "prometheus", "namespace": NS}]
+    assert access["metadata"]["labels"]["mlops.dev/platform-namespace"] == NS
+
+    lines = [summary(call) for call in calls]
+    for target in OBSERVED:
+        assert f"kubectl rollout status {target} --namespace {NS} --timeout 300s" in lines
+    # The exporters last (at once done where no node has a GPU); the flag given, no "kept" note.
+    assert lines[-2:] == [
+        f"kubectl rollout status daemonset/dcgm-exporter --namespace {GPU_METRICS_NAMESPACE} --timeout 300s",
+        f"kubectl get statefulset minio --namespace {NS} --ignore-not-found --output name",
+    ]
+    assert platform.option("--kustomize").endswith("/overlay")
+    assert gpu.option("--kustomize").endswith("/gpu-metrics-overlay")
+    assert calls.index(gpu) == calls.index(platform) + 1, "the platform's Prometheus account exists first"
+    assert f"kubectl port-forward svc/grafana 3000:3000 -n {NS}" in result.stdout
+    assert f"kubectl get secret mlops-grafana-admin -n {NS}" in result.stdout
+    assert f"kubectl port-forward svc/prometheus 9090:9090 -n {NS}" in result.stdout
+
+
+def test_grafana_admin_secret_is_random_and_never_on_a_command_line(tmp_path: Path, observability_deploy) -> None:
+    passwords = []
+    for name in ("first", "another"):
+        cluster = observability_deploy[0] if name == "first" else FakeCluster(tmp_path / name)
+        calls = known_calls(cluster) if name == "first" else deploy(cluster, "--with-observability", "--skip-build", NS)
+        created = {}
+        for call in calls:
+            if call.argv[:1] == ["create"] and call.option("--namespace") == NS:
+                metadata, values = secret_data(call)
+                created[metadata["name"]] = values
+                assert metadata["labels"][PART_OF[0]] == PART_OF[1]
+        expected = {**SECRET_KEYS, **OBSERVABILITY_SECRET_KEYS}
+        assert {secret: set(values) for secret, values in created.items()} == expected
+        grafana = created["mlops-grafana-admin"]
+        assert grafana["admin-user"] == "admin"
+        assert re.fullmatch(r"[0-9a-f]{40}", grafana["admin-password"]), "160 random bits, hex"
+        assert not [call.line for call in calls if grafana["admin-password"] in call.line]
+        passwords.append(grafana["admin-password"])
+    assert passwords[0] != passwords[1]
+
+
+def test_second_observability_deploy_changes_nothing(observed: FakeCluster) -> None:
+    first = known_calls(observed)
+    calls = deploy(observed, "--with-observability", "--skip-build", NS)
+    assert [call for call in calls if call.argv[:1] == ["create"]] == []
+    assert [summary(call) for call in calls] == [summary(call) for call in first if call.argv[:1] != ["create"]]
+    for apply in applies(calls):
+        assert {obj["result"] for obj in apply.applied} == {"unchanged"}
+
+
+def test_deploy_without_the_flag_keeps_observability_and_says_so(observed: FakeCluster) -> None:
+    before = set(observed.objects(NS))
+    result = ok(observed.run("deploy_all_k3s.sh", "--skip-build", NS))
+    assert "observability platform (Prometheus, Loki, Alloy, Grafana) deployed earlier is still in" in result.stderr
+    assert "--with-observability to update it" in result.stderr
+    assert set(observed.objects(NS)) == before
+    assert "grafana" not in result.stdout
+
+
+def test_clear_removes_observability_but_keeps_its_data(observed: FakeCluster) -> None:
+    before = len(observed.calls())
+    ok(observed.run("clear_all_k3s.sh", "-y", NS))
+    lines = [call.line for call in known_calls(observed)[before:]]
+    assert lines[1] == f"kubectl get statefulset prometheus --namespace {NS} --ignore-not-found --output name"
+    # After the platform's namespaced objects (as without observability): its cluster-scoped RBAC,
+    # its access to the exporter, and the exporter's namespace, which no platform uses any more.
+    assert lines[5:] == [
+        "kubectl delete clusterrolebindings,clusterroles --selector "
+        f"app.kubernetes.io/part-of=mlops-platform,mlops.dev/platform-namespace={NS} --ignore-not-found",
+        f"kubectl delete rolebinding prometheus-from-{NS} --namespace {GPU_METRICS_NAMESPACE} --ignore-not-found",
+        f"kubectl get rolebindings --namespace {GPU_METRICS_NAMESPACE} "
+        "--selector app.kubernetes.io/component=prometheus-access --output name",
+        f"kubectl get namespace {GPU_METRICS_NAMESPACE} --ignore-not-found "
+        "--output jsonpath={.metadata.labels.app\\.kubernetes\\.io/part-of}",
+        f"kubectl delete namespace {GPU_METRICS_NAMESPACE} --ignore-not-found",
+    ]
+    assert set(observed.objects(NS)) == {
+        "secret/mlops-s3-credentials", "secret/mlops-postgres-credentials", "secret/mlops-api-tokens",
+        "secret/mlops-grafana-admin",
+        "persistentvolumeclaim/data-postgres-0", "persistentvolumeclaim/data-seaweedfs-0",
+        "persistentvolumeclaim/mlops-model-cache",
+        "persistentvolumeclaim/data-prometheus-0", "persistentvolumeclaim/data-loki-0", "persistentvolumeclaim/grafana",
+    }
+    assert cluster_objects(observed) == {}
+    assert GPU_METRICS_NAMESPACE not in observed.state()["namespaces"]
+
+    ok(observed.run("clear_all_k3s.sh", "-y", "--purge", NS))
+    assert NS not in observed.state()["namespaces"]
+
+
+def test_gpu_metrics_namespace_stays_while_another_platform_uses_it(observed: FakeCluster) -> None:
+    other = "mlops-other"
+    deploy(observed, "--with-observability", "--skip-build", other)
+    gpu = observed.objects(GPU_METRICS_NAMESPACE)
+    assert {f"rolebinding/prometheus-from-{NS}", f"rolebinding/prometheus-from-{other}"} <= set(gpu)
+    assert set(cluster_objects(observed)) == {
+        f"{kind}/mlops-prometheus-{ns}" for kind in ("clusterrole", "clusterrolebinding") for ns in (NS, other)}
+
+    result = ok(observed.run("clear_all_k3s.sh", "-y", NS))
+    assert f"Namespace {GPU_METRICS_NAMESPACE} kept" in result.stdout
+    gpu = observed.objects(GPU_METRICS_NAMESPACE)
+    assert f"rolebinding/prometheus-from-{NS}" not in gpu and f"rolebinding/prometheus-from-{other}" in gpu
+    assert "daemonset/dcgm-exporter" in gpu
+    assert set(cluster_objects(observed)) == {
+        f"{kind}/mlops-prometheus-{other}" for kind in ("clusterrole", "clusterrolebinding")}
+    assert "statefulset/prometheus" in observed.objects(other)
+
+    ok(observed.run("clear_all_k3s.sh", "-y", other))
+    assert GPU_METRICS_NAMESPACE not in observed.state()["namespaces"]
+    assert cluster_objects(observed) == {}
+
+
+def test_render_with_observability_prints_both_namespaces(cluster: FakeCluster) -> None:
+    result = ok(cluster.run("deploy_all_k3s.sh", "--render", "--with-observability", NS))
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    namespaces = {doc["metadata"].get("namespace") for doc in docs}
+    assert namespaces == {NS, GPU_METRICS_NAMESPACE, None}
+    assert cluster.calls() == [call for call in cluster.calls() if call.argv[:1] == ["kustomize"]]
+
+
+def test_monitor_shows_traffic_per_deployment_from_prometheus(observed: FakeCluster) -> None:
+    before = len(observed.calls())
+    out = ok(observed.run("monitor_all.sh", NS)).stdout
+    section = out.split("=== Predict traffic per deployment (Prometheus, last 5 minutes) ===\n", 1)[1].split("\n\n")[0]
+    rows = [line.split() for line in section.splitlines()]
+    assert rows == [
+        ["TASK", "MODEL", "READY", "REQ/S", "P99(ms)", "4XX/S", "5XX/S"],
+        ["deploy-house", "house-v1", "1/1", "12.50", "4.2", "0.25", "0.00"],
+        ["deploy-idle", "idle-v1", "0/2", "-", "-", "-", "-"],
+    ]
+    raw = [call for call in known_calls(observed)[before:] if call.option("--raw")]
+    assert [call.option("--raw") for call in raw] == [
+        f"/api/v1/namespaces/{NS}/services/http:prometheus:9090/proxy/federate?"
+        + "&".join(f"match%5B%5D={series}" for series in (
+            "mlops:deployment_replicas:ready", "mlops:deployment_replicas:desired",
+            "mlops:predict_requests:rate5m", "mlops:predict_latency_seconds:p99_5m",
+            "mlops:predict_errors_4xx:rate5m", "mlops:predict_errors_5xx:rate5m"))
+    ]
+
+
+def test_monitor_without_prometheus_says_how_to_get_it(deployed: FakeCluster) -> None:
+    out = ok(deployed.run("monitor_all.sh", NS)).stdout
+    assert f"(no Prometheus in this namespace: ./deploy_all_k3s.sh --with-observability {NS} installs it)" in out
+    assert not [call for call in deployed.calls() if call.option("--raw")]

@@ -80,7 +80,7 @@ def test_prompt_completion_fine_tune_logs_adapter_merged_model_and_registers_it(
     spec = train_spec("lora-pc", dataset, tiny_model, custom_model_name="tinyLoraPc",
                       hyperparameters=FAST_HYPERPARAMETERS)
     done, termination = run_trainer(spec, mlflow_uri, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-3000:]
     assert termination == ""
     run_id = run_of(tracking, "lora-pc")
     run = tracking.get_run(run_id)
@@ -142,8 +142,9 @@ def test_malformed_line_fails_the_job_naming_the_line(tiny_model: Path, mlflow_u
     done, termination = run_trainer(train_spec("lora-bad", dataset, tiny_model), mlflow_uri, tmp_path)
     assert done.returncode == 1
     assert "line 4 is not valid JSON" in termination
-    assert f"error: dataset {dataset} line 4 is not valid JSON" in done.stderr
-    assert "Traceback" not in done.stderr  # a user's error, said plainly
+    errors = [line for line in done.stdout.splitlines() if '"level":"ERROR"' in line]
+    assert json.loads(errors[-1])["message"].startswith(f"error: dataset {dataset} line 4 is not valid JSON")
+    assert "Traceback" not in done.stdout  # a user's error, said plainly
 
 
 def test_tabular_mlp_logs_progress_per_epoch(tracking: MlflowClient, mlflow_uri: str, tmp_path: Path) -> None:
@@ -151,7 +152,7 @@ def test_tabular_mlp_logs_progress_per_epoch(tracking: MlflowClient, mlflow_uri:
     spec = train_spec("mlp-progress", csv, None, profile="tabular_regression",
                       hyperparameters={"numEpoch": 3, "numBatch": 16, "validationFraction": 0.2})
     done, _ = run_trainer(spec, mlflow_uri, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-3000:]
     run_id = run_of(tracking, "mlp-progress")
     history = {name: sorted((m.step, m.value) for m in tracking.get_metric_history(run_id, name))
                for name in ("progress_epoch", "progress_total_epochs", "progress_step", "progress_total_steps")}
@@ -183,7 +184,7 @@ def test_llm_lora_job_through_the_api_on_chat_data(api_factory, tiny_model: Path
     params = tracking.get_run(run_id).data.params
     assert (params["format"], params["rows"], params["baseModel"]) == ("chat", "12", str(tiny_model))
     top = {f.path for f in tracking.list_artifacts(run_id)}
-    assert top == {"adapter"}  # mergeAdapter false: no merged model
+    assert top == {"adapter", "logs"}  # mergeAdapter false: no merged model; the trainer's log is kept
     assert "adapter/adapter_model.safetensors" in {f.path for f in tracking.list_artifacts(run_id, "adapter")}
 
 

@@ -4,18 +4,23 @@ give the framework's own predictions (within the form's stated tolerance) or giv
 framework. Forms logged by the trainer are tested in tests/test_serving_bundle.py."""
 
 import asyncio
+import io
+import json
+import logging
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.neighbors import KNeighborsRegressor
 
 from models.base import InputError
 from models.compiled_forms import NUMPY_LINEAR, ONNXRUNTIME_FOREST, TOLERANCES, TREELITE_TREES
+from models.logs import formatter
 from models.spec import ServeSpec
 from models.tabular_serving import (
     FRAMEWORK_CLASSIFIER,
@@ -68,7 +73,8 @@ def test_bad_payloads_are_refused_clearly(payload: object, words: str) -> None:
     assert words in str(error.value)
 
 
-def call(app: InferenceApp, method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+def call(app: InferenceApp, method: str, path: str, body: bytes,
+         headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, dict[str, str], bytes]:
     """One request through the ASGI app, as uvicorn would make it (the body in two chunks)."""
     incoming = [{"type": "http.request", "body": body[: len(body) // 2], "more_body": True},
                 {"type": "http.request", "body": body[len(body) // 2 :], "more_body": False}]
@@ -80,15 +86,15 @@ def call(app: InferenceApp, method: str, path: str, body: bytes) -> tuple[int, d
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(app({"type": "http", "method": method, "path": path, "headers": []}, receive, send))
+    asyncio.run(app({"type": "http", "method": method, "path": path, "headers": headers or []}, receive, send))
     headers = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
     return sent[0]["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
 
 
-def linear_app(max_request_bytes: int = 10_000) -> tuple[InferenceApp, LinearRegression]:
+def linear_app(max_request_bytes: int = 10_000, model_id: str = "m") -> tuple[InferenceApp, LinearRegression]:
     rng = np.random.default_rng(3)
     model = LinearRegression().fit(rng.normal(size=(50, 3)), rng.normal(size=50))
-    spec = ServeSpec(task_id="t", model_id="m", model_uri="runs:/x/model", model_profile="p", handler="h",
+    spec = ServeSpec(task_id="t", model_id=model_id, model_uri="runs:/x/model", model_profile="p", handler="h",
                      max_rows=100, max_request_bytes=max_request_bytes)
     return InferenceApp(spec, regressor_from_model(model, ["a", "b", "c"]), "cpu", 0.1), model
 
@@ -287,3 +293,36 @@ def test_classifier_refuses_missing_values_where_the_model_does() -> None:
         predictor.predict(np.array([[1.0, np.nan, 0.0, 0.0]]))
     with pytest.raises(InputError, match="infinite"):
         predictor.predict(np.array([[1.0, np.inf, 0.0, 0.0]]))
+
+
+def test_metrics_count_predicts_and_every_predict_has_an_access_line_with_its_request_id() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter("json"))
+    access = logging.getLogger("mlops.model_server.access")
+    access.handlers, access.propagate = [handler], False
+    access.setLevel(logging.INFO)
+    app, _ = linear_app(max_request_bytes=200, model_id="metered")
+    one, two = orjson.dumps({"data": {"features": [[1, 2, 3]]}}), orjson.dumps({"data": {"features": [[1, 2, 3]] * 2}})
+    assert call(app, "POST", "/predict", one, [(b"x-request-id", b"from-the-api-1")])[1]["x-request-id"] == \
+        "from-the-api-1"
+    assert call(app, "POST", "/predict", two)[0] == 200
+    assert call(app, "POST", "/predict", b"{not json")[0] == 400
+    assert call(app, "POST", "/predict", orjson.dumps({"data": {"features": [[1, 2]]}}))[0] == 422
+    assert call(app, "POST", "/predict", b"x" * 300)[0] == 413
+    assert call(app, "GET", "/ready", b"")[0] == 200
+    status, headers, body = call(app, "GET", "/metrics", b"")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+    labels = (("model_name", "metered"), ("model_version", "x"))
+    assert samples[("model_infer_request_success_total", labels)] == 2
+    assert samples[("model_infer_rows_total", labels)] == 3
+    for reason in ("invalid_json", "invalid_input", "too_large"):
+        assert samples[("model_infer_request_failure_total", (*labels, ("reason", reason)))] == 1
+    assert samples[("model_infer_request_duration_seconds_count", labels)] == 5
+    assert samples[("model_info", (("form", "numpy linear"), ("handler", "h"), *labels, ("task_id", "t")))] == 1
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["status"] for line in lines] == [200, 200, 400, 422, 413]  # probes and scrapes stay quiet
+    assert lines[0]["requestId"] == "from-the-api-1" and lines[0]["taskId"] == "t" and lines[0]["path"] == "/predict"
+    assert all(len(line["requestId"]) == 32 for line in lines[1:])

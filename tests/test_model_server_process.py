@@ -2,6 +2,7 @@
 downloaded by a child process), the trainer's serving bundle serves, and the serving process never
 imports scikit-learn, pandas or MLflow; a model that cannot be downloaded is the pod's last words."""
 
+import json
 import os
 import subprocess
 import sys
@@ -29,8 +30,13 @@ def forest_run(mlflow_uri: str) -> tuple[str, TabularData]:
     data = TabularData(x, 20 * np.sin(x[:, 0]) + x[:, 1] * x[:, 2], ["a", "b", "c", "d"], "y")
     mlflow.set_tracking_uri(mlflow_uri)
     mlflow.set_experiment("model-server-process")
-    with mlflow.start_run() as run:
-        SklearnRegressorHandler().train(data, TrainContext({"estimator": "random_forest", "nEstimators": 10}, "cpu"))
+    try:
+        with mlflow.start_run() as run:
+            SklearnRegressorHandler().train(data, TrainContext({"estimator": "random_forest", "nEstimators": 10},
+                                                               "cpu"))
+    finally:
+        # set_experiment also sets MLFLOW_EXPERIMENT_ID for child processes: not for the other tests'.
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     return run.info.run_id, data
 
 
@@ -96,4 +102,6 @@ def test_a_run_that_does_not_exist_is_the_containers_last_words(mlflow_uri: str,
     assert done.returncode == 1
     words = (tmp_path / "termination-log").read_text()
     assert words.startswith("cannot load model runs:/0123456789abcdef0123456789abcdef/model: ")
-    assert "0123456789abcdef0123456789abcdef" in words.split(": ", 1)[1] and words in done.stderr
+    assert "0123456789abcdef0123456789abcdef" in words.split(": ", 1)[1]
+    last = json.loads(done.stdout.splitlines()[-1])  # the process's last line, in the log format
+    assert (last["level"], last["message"], last["taskId"]) == ("ERROR", f"error: {words}", "proc")

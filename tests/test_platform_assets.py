@@ -1,7 +1,8 @@
 """The deployable platform's files: docker/ (hadolint and the images' contract), .dockerignore,
-requirements/gpu.txt, and kubernetes/ as rendered by kustomize for several namespaces (strict
-schema validation for Kubernetes 1.30 to 1.35, RBAC against app/runtime/permissions.py, pod
-security, labels, probes, resources, and the settings the control plane reads).
+requirements/gpu.txt, and kubernetes/ as rendered by kustomize for several namespaces, with and
+without the observability component (strict schema validation for Kubernetes 1.30 to 1.35, RBAC
+against app/runtime/permissions.py, pod security, labels, probes, resources, and the settings the
+control plane reads). tests/test_observability_assets.py checks the component's own contents.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import ast
 import functools
 import importlib.metadata
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -24,8 +24,15 @@ import yaml
 from packaging.requirements import Requirement
 
 from app.runtime.permissions import REQUIRED_PERMISSIONS
-from tests.platform_support.contract import DEFAULT_REGISTRY, PART_OF, SECRET_KEYS
+from tests.platform_support.contract import (
+    DEFAULT_REGISTRY,
+    GPU_METRICS_NAMESPACE,
+    OBSERVABILITY_SECRET_KEYS,
+    PART_OF,
+    SECRET_KEYS,
+)
 from tests.platform_support.fake_cluster import REPO_ROOT, real_kubectl
+from tests.platform_support.renders import containers, find, pod_templates, render_observability, render_overlay
 
 # What each image installs: the base holds every workload package (one layer the trainer and the
 # inference image share); the inference image adds vLLM's own environment; the trainer adds only code.
@@ -466,17 +473,6 @@ def normalize(name: str) -> str:
 
 
 @functools.cache
-def render_overlay(namespace: str) -> list[dict[str, Any]]:
-    """What deploy_all_k3s.sh applies to `namespace` (its --render prints it)."""
-    done = subprocess.run(
-        [str(REPO_ROOT / "deploy_all_k3s.sh"), "--render", namespace], capture_output=True, text=True,
-        env={**os.environ, "MLOPS_IMAGE_LOAD": "k3s", "MLOPS_REGISTRY": DEFAULT_REGISTRY}, check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-
-
-@functools.cache
 def render_default() -> str:
     """`kubectl apply -k kubernetes/` installs this (namespace default)."""
     done = subprocess.run([real_kubectl(), "kustomize", str(REPO_ROOT / "kubernetes")],
@@ -487,26 +483,19 @@ def render_default() -> str:
 
 RENDERS = {f"overlay:{ns}": functools.partial(render_overlay, ns) for ns in NAMESPACES}
 RENDERS["kubernetes/:default"] = lambda: [doc for doc in yaml.safe_load_all(render_default()) if doc]
+RENDERS.update({f"observability:{ns}": functools.partial(render_observability, ns) for ns in NAMESPACES})
+# The checks of pods, images and Services run on one namespace, with and without observability.
+POD_RENDERS = [f"overlay:{NAMESPACES[0]}", f"observability:{NAMESPACES[0]}"]
+# Outside the restricted Pod Security Standard on purpose, in its own privileged namespace
+# (kubernetes/gpu-metrics/dcgm-exporter.yaml says why; tests/test_observability_assets.py checks it).
+NODE_AGENTS = {"DaemonSet/dcgm-exporter"}
+# Pods that talk to the Kubernetes API with their ServiceAccount's token.
+TOKEN_PODS = {"Deployment/fastapi-mlops-api", "StatefulSet/prometheus", "Deployment/alloy"}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 
 
 def namespace_of(render: str) -> str:
     return render.split(":", 1)[1]
-
-
-def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    matches = [d for d in docs if d["kind"] == kind and (d["metadata"]["name"] == name
-               or (kind == "ConfigMap" and re.fullmatch(re.escape(name) + r"-[a-z0-9]{10}", d["metadata"]["name"])))]
-    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
-    return matches[0]
-
-
-def pod_templates(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    return [(f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"])
-            for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
-
-
-def containers(template: dict[str, Any]) -> list[dict[str, Any]]:
-    return template["spec"].get("initContainers", []) + template["spec"]["containers"]
 
 
 @pytest.mark.parametrize("render", RENDERS)
@@ -514,6 +503,12 @@ def containers(template: dict[str, Any]) -> list[dict[str, Any]]:
 def test_rendered_manifests_validate_strictly(render: str, version: str) -> None:
     docs = RENDERS[render]()
     assert len(docs) >= 15
+    if render.startswith("observability:"):
+        # What the observability render adds (or changes) to the platform's own render, which is
+        # validated as such above.
+        platform = render_overlay(namespace_of(render))
+        docs = [doc for doc in docs if doc not in platform]
+        assert len(docs) >= 25
     for doc in docs:
         try:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -528,11 +523,44 @@ def test_deploy_overlay_renders_the_same_as_the_base_for_namespace_default() -> 
 @pytest.mark.parametrize("render", RENDERS)
 def test_every_object_lands_in_the_target_namespace(render: str) -> None:
     docs, namespace = RENDERS[render](), namespace_of(render)
+    gpu_metrics = gpu_metrics_objects(render)
     for doc in docs:
-        assert doc["metadata"]["namespace"] == namespace, f"{doc['kind']}/{doc['metadata']['name']}"
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        if doc["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in doc["metadata"], where
+        elif where in gpu_metrics:
+            assert doc["metadata"]["namespace"] == GPU_METRICS_NAMESPACE, where
+        else:
+            assert doc["metadata"]["namespace"] == namespace, where
     binding = find(docs, "RoleBinding", "fastapi-mlops-api")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "fastapi-mlops-api", "namespace": namespace}]
-    assert not [d for d in docs if d["kind"] in ("Namespace", "ClusterRole", "ClusterRoleBinding")]
+    # Every ServiceAccount bound anywhere is one of this namespace's.
+    for doc in docs:
+        for subject in doc.get("subjects", []):
+            assert subject["namespace"] == namespace, f"{doc['kind']}/{doc['metadata']['name']}"
+    cluster_scoped = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs if d["kind"] in CLUSTER_SCOPED)
+    if render.startswith("observability:"):
+        # Named and labelled after the namespace: one per platform, found again by clear_all_k3s.sh.
+        assert cluster_scoped == [f"ClusterRole/mlops-prometheus-{namespace}",
+                                  f"ClusterRoleBinding/mlops-prometheus-{namespace}",
+                                  f"Namespace/{GPU_METRICS_NAMESPACE}"]
+        for doc in docs:
+            if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+                assert doc["metadata"]["labels"]["mlops.dev/platform-namespace"] == namespace
+        binding = find(docs, "ClusterRoleBinding", f"mlops-prometheus-{namespace}")
+        assert binding["roleRef"]["name"] == f"mlops-prometheus-{namespace}"
+    else:
+        assert cluster_scoped == []
+
+
+def gpu_metrics_objects(render: str) -> set[str]:
+    """The objects kubernetes/gpu-metrics adds to a render (in namespace mlops-gpu-metrics)."""
+    if not render.startswith("observability:"):
+        return set()
+    names = {"Service/dcgm-exporter", "NetworkPolicy/dcgm-exporter", "Role/dcgm-exporter-discovery",
+             "DaemonSet/dcgm-exporter", f"RoleBinding/prometheus-from-{namespace_of(render)}"}
+    counters = [d for d in RENDERS[render]() if d["metadata"]["name"].startswith("dcgm-exporter-counters-")]
+    return names | {f"ConfigMap/{d['metadata']['name']}" for d in counters}
 
 
 @pytest.mark.parametrize("render", RENDERS)
@@ -552,8 +580,11 @@ def test_every_object_and_pod_carries_the_platform_labels(render: str) -> None:
             assert claim["metadata"]["labels"].get(PART_OF[0]) == PART_OF[1]
 
 
-def test_every_pod_meets_the_restricted_pod_security_standard() -> None:
-    for where, template in pod_templates(render_overlay(NAMESPACES[0])):
+@pytest.mark.parametrize("render", POD_RENDERS)
+def test_every_pod_meets_the_restricted_pod_security_standard(render: str) -> None:
+    for where, template in pod_templates(RENDERS[render]()):
+        if where in NODE_AGENTS:
+            continue
         pod = template["spec"]
         pod_context = pod.get("securityContext", {})
         assert pod_context.get("seccompProfile") == {"type": "RuntimeDefault"}, where
@@ -572,8 +603,9 @@ def test_every_pod_meets_the_restricted_pod_security_standard() -> None:
             assert not any(port.get("hostPort") for port in container.get("ports", [])), what
 
 
-def test_every_container_has_requests_limits_and_probes() -> None:
-    for where, template in pod_templates(render_overlay(NAMESPACES[0])):
+@pytest.mark.parametrize("render", POD_RENDERS)
+def test_every_container_has_requests_limits_and_probes(render: str) -> None:
+    for where, template in pod_templates(RENDERS[render]()):
         for container in containers(template):
             what = f"{where} container {container['name']}"
             resources = container.get("resources", {})
@@ -584,16 +616,18 @@ def test_every_container_has_requests_limits_and_probes() -> None:
                 assert "readinessProbe" in container and "livenessProbe" in container, where
 
 
-def test_pods_get_no_service_links_and_only_the_api_gets_a_token() -> None:
-    for where, template in pod_templates(render_overlay(NAMESPACES[0])):
+@pytest.mark.parametrize("render", POD_RENDERS)
+def test_pods_get_no_service_links_and_only_api_clients_get_a_token(render: str) -> None:
+    for where, template in pod_templates(RENDERS[render]()):
         pod = template["spec"]
         # A Service named mlflow would otherwise set MLFLOW_PORT=tcp://..., which mlflow reads.
         assert pod.get("enableServiceLinks") is False, where
-        assert pod.get("automountServiceAccountToken") is (where == "Deployment/fastapi-mlops-api"), where
+        assert pod.get("automountServiceAccountToken") is (where in TOKEN_PODS), where
 
 
-def test_images_are_pinned_or_built_here() -> None:
-    for where, template in pod_templates(render_overlay(NAMESPACES[0])):
+@pytest.mark.parametrize("render", POD_RENDERS)
+def test_images_are_pinned_or_built_here(render: str) -> None:
+    for where, template in pod_templates(RENDERS[render]()):
         for container in containers(template):
             image = container["image"]
             if OWN_IMAGE.fullmatch(image):
@@ -603,8 +637,9 @@ def test_images_are_pinned_or_built_here() -> None:
                 assert not image.endswith(":latest") and re.search(r":v?\d+\.\d+|RELEASE\.", image), f"{where}: {image}"
 
 
-def test_services_select_pods_and_name_their_ports() -> None:
-    docs = render_overlay(NAMESPACES[0])
+@pytest.mark.parametrize("render", POD_RENDERS)
+def test_services_select_pods_and_name_their_ports(render: str) -> None:
+    docs = RENDERS[render]()
     templates = dict(pod_templates(docs))
     for service in (d for d in docs if d["kind"] == "Service"):
         selector = service["spec"]["selector"]
@@ -707,8 +742,10 @@ def test_workload_config_map_has_a_stable_name_and_the_contracted_keys() -> None
     }
 
 
-def test_secrets_are_referenced_but_never_shipped() -> None:
-    docs = render_overlay(NAMESPACES[0])
+@pytest.mark.parametrize("render", POD_RENDERS)
+def test_secrets_are_referenced_but_never_shipped(render: str) -> None:
+    docs = RENDERS[render]()
+    known = {**SECRET_KEYS, **(OBSERVABILITY_SECRET_KEYS if render.startswith("observability:") else {})}
     assert not [d for d in docs if d["kind"] == "Secret"]
     for path in (REPO_ROOT / "kubernetes").rglob("*.yaml"):
         assert not re.search(r"^kind:\s*Secret\s*$", path.read_text(), re.M), path
@@ -717,10 +754,12 @@ def test_secrets_are_referenced_but_never_shipped() -> None:
             for item in container.get("env", []):
                 ref = item.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
-                    assert ref["key"] in SECRET_KEYS.get(ref["name"], set()), f"{where}: {ref}"
+                    assert ref["key"] in known.get(ref["name"], set()), f"{where}: {ref}"
         for volume in template["spec"].get("volumes", []):
             if "secret" in volume:
-                assert volume["secret"]["secretName"] in SECRET_KEYS, where
+                assert volume["secret"]["secretName"] in known, where
+                for item in volume["secret"].get("items", []):
+                    assert item["key"] in known[volume["secret"]["secretName"]], where
 
 
 def test_mlflow_stores_metadata_in_postgres_and_artifacts_in_the_s3_store() -> None:

@@ -6,6 +6,7 @@ kept in s3://mlflow/ by a tracking server started with its Deployment's own argu
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import subprocess
@@ -165,7 +166,9 @@ def test_seed_body_trains_from_s3_and_the_model_is_kept_in_s3(
             status = finished_training(client, "train-s3")
             assert status["status"] == "Succeeded", status
             run_id = status["mlflowRunId"]
-            assert '"rows": 300' in client.get("/api/v1/train/jobs/train-s3/logs").text
+            loaded = [json.loads(line) for line in client.get("/api/v1/train/jobs/train-s3/logs").text.splitlines()
+                      if '"dataset loaded"' in line]
+            assert loaded and loaded[0]["rows"] == 300
             failed = finished_training(client, "train-s3-missing")
             assert failed["status"] == "Failed"
             assert "dataset not found: s3://datasets/nope.csv" in failed["message"]

@@ -1,11 +1,15 @@
 """Several API workers on the local runtime: one view of every task, whichever worker answers."""
 
+import json
+
 from tests.test_e2e_local import SEED_PREDICT_BODY, wait_for_deployment
 
 
 def test_two_workers_agree_on_status_and_both_predict(api_factory, trained_run_id: str) -> None:
     api = api_factory(MLOPS_WORKERS="2")
-    assert "workers: 2" in api.log_path.read_text()
+    started = next(json.loads(line) for line in api.log_path.read_text().splitlines()
+                   if '"control plane starting"' in line)
+    assert started["workers"] == 2
     with api.client() as client:
         created = client.post("/api/v1/inference/deployments", json={
             "taskId": "two-workers", "modelId": "model-two", "mlflowRunId": trained_run_id,

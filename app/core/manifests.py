@@ -281,11 +281,16 @@ def inference_deployment(
             "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
-                "metadata": {"labels": labels},
+                # Prometheus finds the model server's /metrics (vLLM's own, for a language model) by these.
+                "metadata": {"labels": labels, "annotations": scrape_annotations(port)},
                 "spec": _pod_spec([container], profile, use_gpu, volumes=volumes),
             },
         },
     }
+
+
+def scrape_annotations(port: int, path: str = "/metrics") -> dict[str, str]:
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": path}
 
 
 def inference_service(spec: ServeSpec, profile: ModelProfile, request: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,8 @@ its argv, what it read on stdin, and its exit code. A small state file (namespac
 built images) makes the answers plausible: `kubectl get secret X --ignore-not-found -o name`
 prints nothing until a `kubectl create` made X, `kubectl apply -k` renders the overlay with the
 real kubectl ($FAKE_REAL_KUBECTL) and reports each object as created, configured or unchanged.
+`kubectl get --raw` through the API server's proxy to the Service prometheus answers a fixed
+/federate text, or forwards to a real Prometheus at $FAKE_PROMETHEUS_URL.
 Anything this stand-in does not know exits 99, so a test notices an unexpected command.
 """
 
@@ -41,7 +43,29 @@ KIND_ALIASES = {
     "persistentvolumeclaim": "persistentvolumeclaim", "persistentvolumeclaims": "persistentvolumeclaim",
     "pvc": "persistentvolumeclaim",
     "networkpolicy": "networkpolicy", "networkpolicies": "networkpolicy", "netpol": "networkpolicy",
+    "daemonset": "daemonset", "daemonsets": "daemonset", "ds": "daemonset",
+    "clusterrole": "clusterrole", "clusterroles": "clusterrole",
+    "clusterrolebinding": "clusterrolebinding", "clusterrolebindings": "clusterrolebinding",
 }
+# Kinds without a namespace; the state keeps them under the namespace "".
+CLUSTER_SCOPED = {"clusterrole", "clusterrolebinding"}
+
+# What /federate answers without a real Prometheus: the recording rules monitor_all.sh reads, for
+# a deployment with traffic and one without (NaN latency, as Prometheus writes it).
+FEDERATE_VALUES = {
+    "mlops:deployment_replicas:desired": {"deploy-house": "1", "deploy-idle": "2"},
+    "mlops:deployment_replicas:ready": {"deploy-house": "1", "deploy-idle": "0"},
+    "mlops:predict_errors_4xx:rate5m": {"deploy-house": "0.25"},
+    "mlops:predict_errors_5xx:rate5m": {"deploy-house": "0"},
+    "mlops:predict_latency_seconds:p99_5m": {"deploy-house": "0.0042", "deploy-idle": "NaN"},
+    "mlops:predict_requests:rate5m": {"deploy-house": "12.5"},
+}
+FEDERATE = "".join(
+    f"# TYPE {name} untyped\n" + "".join(
+        f'{name}{{instance="",job="",model_id="{task.split("-")[1]}-v1",namespace="mlops-test",task_id="{task}"}} '
+        f"{value} 1700000000000\n" for task, value in series.items())
+    for name, series in FEDERATE_VALUES.items())
+PROMETHEUS_PROXY = "/services/http:prometheus:9090/proxy/"
 
 # kubectl flags that take a value (as `--flag value` or `--flag=value`).
 VALUE_FLAGS = {
@@ -51,7 +75,7 @@ VALUE_FLAGS = {
     "-k": "kustomize", "--kustomize": "kustomize",
     "-l": "selector", "--selector": "selector",
     "--timeout": "timeout", "--for": "for", "--tail": "tail",
-    "--field-selector": "field-selector", "--sort-by": "sort-by",
+    "--field-selector": "field-selector", "--sort-by": "sort-by", "--raw": "raw",
 }
 
 
@@ -84,7 +108,7 @@ class State:
 
     @staticmethod
     def key(namespace: str, kind: str, name: str) -> str:
-        return f"{namespace}/{kind}/{name}"
+        return f"{'' if kind in CLUSTER_SCOPED else namespace}/{kind}/{name}"
 
     def get(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
         if kind == "namespace":
@@ -95,7 +119,7 @@ class State:
         self.objects[self.key(namespace, kind, doc["metadata"]["name"])] = doc
 
     def in_namespace(self, namespace: str, kind: str) -> list[dict[str, Any]]:
-        prefix = f"{namespace}/{kind}/"
+        prefix = f"{'' if kind in CLUSTER_SCOPED else namespace}/{kind}/"
         return [doc for key, doc in sorted(self.objects.items()) if key.startswith(prefix)]
 
 
@@ -179,6 +203,7 @@ def kubectl_get(state: State, positional: list[str], values: dict[str, str], swi
         return Result(f"NAME\n{positional[1]}\n")
     if len(positional) == 1:
         rows: list[str] = []
+        selector = values.get("selector")
         for alias in kinds:
             kind = KIND_ALIASES[alias]
             if kind == "pod":
@@ -186,9 +211,12 @@ def kubectl_get(state: State, positional: list[str], values: dict[str, str], swi
                 owners = state.in_namespace(namespace, "deployment") + state.in_namespace(namespace, "statefulset")
                 rows += [f"{owner['metadata']['name']}-0   1/1   Running   0   5m" for owner in owners]
             else:
-                rows += [f"{kind}/{obj['metadata']['name']}" for obj in state.in_namespace(namespace, kind)]
+                rows += [f"{kind}/{obj['metadata']['name']}" for obj in state.in_namespace(namespace, kind)
+                         if selector is None or matches(obj["metadata"].get("labels", {}), selector)]
         if not rows:
             return Result(stderr=f"No resources found in {namespace} namespace.\n")
+        if output == "name":
+            return Result("\n".join(rows) + "\n")
         return Result("NAME\n" + "\n".join(rows) + "\n")
     return Result(rc=UNSUPPORTED)
 
@@ -234,7 +262,17 @@ def kubectl_apply(state: State, values: dict[str, str], record: dict[str, Any]) 
     for doc in docs:
         kind, name = doc["kind"].lower(), doc["metadata"]["name"]
         namespace = doc["metadata"].get("namespace")
-        if namespace not in state.namespaces:
+        if kind == "namespace":
+            labels = doc["metadata"].get("labels", {})
+            result = "created" if name not in state.namespaces else (
+                "unchanged" if state.namespaces[name] == labels else "configured")
+            state.namespaces[name] = labels
+            applied.append({"kind": doc["kind"], "name": name, "namespace": None, "result": result})
+            lines.append(f"namespace/{name} {result}")
+            continue
+        if kind in CLUSTER_SCOPED:
+            namespace = ""
+        elif namespace not in state.namespaces:
             return fail(f'Error from server (NotFound): namespaces "{namespace}" not found')
         old = state.get(namespace, kind, name)
         result = "created" if old is None else ("unchanged" if old == doc else "configured")
@@ -284,8 +322,27 @@ def kubectl_delete(state: State, positional: list[str], values: dict[str, str], 
     return Result("\n".join(lines) + "\n" if lines else "", "" if lines else "No resources found\n")
 
 
+def kubectl_get_raw(state: State, path: str) -> Result:
+    """Only the API server's service proxy to Prometheus (monitor_all.sh)."""
+    prefix = "/api/v1/namespaces/"
+    if not path.startswith(prefix) or PROMETHEUS_PROXY not in path:
+        return Result(rc=UNSUPPORTED)
+    namespace, rest = path[len(prefix):].split(PROMETHEUS_PROXY, 1)
+    if state.get(namespace, "service", "prometheus") is None:
+        return fail('Error from server (NotFound): services "prometheus" not found')
+    url = os.environ.get("FAKE_PROMETHEUS_URL")
+    if not url:
+        return Result(FEDERATE if rest.startswith("federate?") else "")
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/{rest}", timeout=10) as answer:
+        return Result(answer.read().decode())
+
+
 def kubectl(state: State, argv: list[str], stdin: str, record: dict[str, Any]) -> Result:
     positional, values, switches = parse_kubectl(argv)
+    if positional == ["get"] and "raw" in values:
+        return kubectl_get_raw(state, values["raw"])
     if not positional:
         return unsupported("kubectl", argv)
     verb, rest = positional[0], positional[1:]
