@@ -11,6 +11,7 @@ import ast
 import functools
 import importlib.metadata
 import json
+import os
 import re
 import shutil
 import subprocess
