@@ -17,7 +17,7 @@ from datetime import timedelta
 from enum import Enum
 
 from pyreqwest.client import Client, ClientBuilder
-from pyreqwest.exceptions import ConnectError, DetailedPyreqwestError, RequestTimeoutError, WriteError
+from pyreqwest.exceptions import DetailedPyreqwestError, NetworkError, RequestTimeoutError
 
 from app.errors import MlopsError, NotReady, UpstreamError, UpstreamTimeout
 from app.runtime.base import Endpoint, EndpointCache, Tls
@@ -63,10 +63,13 @@ def _cause(exc: DetailedPyreqwestError) -> str:
     return causes[-1]["message"] if causes else exc.message
 
 
-def _failure(exc: Exception) -> UpstreamFailure:
+def _failure(exc: Exception, answered: bool) -> UpstreamFailure:
+    """What went wrong; `answered`: some of the answer had arrived (its head), so the connection
+    broke mid-answer rather than before it."""
     if isinstance(exc, RequestTimeoutError | TimeoutError):
         return UpstreamFailure(Failure.TIMEOUT, "no answer in time")
-    if isinstance(exc, ConnectError | WriteError):
+    if isinstance(exc, NetworkError) and not answered:
+        # Refused, reset or closed before any answer: a server that is gone, or restarting.
         return UpstreamFailure(Failure.UNREACHABLE, _cause(exc))
     if isinstance(exc, DetailedPyreqwestError):
         return UpstreamFailure(Failure.BROKEN, _cause(exc))
@@ -125,12 +128,15 @@ class UpstreamClient:
                 request = request.body_bytes(body)
             try:
                 response = await request.build().send()
-                payload = await response.bytes()
-            except Exception as exc:
-                failure = _failure(exc)
+            except Exception as exc:  # classified here; re-raised if it is not the client's
+                failure = _failure(exc, answered=False)
                 if failure.failure is Failure.UNREACHABLE and attempt == 1:
                     continue
                 raise failure from None
+            try:
+                payload = await response.bytes()
+            except Exception as exc:
+                raise _failure(exc, answered=True) from None
             return Answer(response.status, bytes(payload), response.headers.get("content-type") or "application/json")
         raise AssertionError("unreachable")
 
@@ -151,7 +157,7 @@ class UpstreamClient:
                 async with asyncio.timeout(timeout):
                     response = await stack.enter_async_context(request.build_streamed())
             except Exception as exc:
-                raise _failure(exc) from None
+                raise _failure(exc, answered=False) from None
             reader = response.body_reader
 
             async def chunks() -> AsyncIterator[bytes]:
@@ -160,7 +166,7 @@ class UpstreamClient:
                         async with asyncio.timeout(timeout):
                             chunk = await reader.read_chunk()
                     except Exception as exc:
-                        raise _failure(exc) from None
+                        raise _failure(exc, answered=True) from None
                     if chunk is None:
                         return
                     yield bytes(chunk)

@@ -490,13 +490,22 @@ class LocalRuntime:
         path = self._readiness_paths.get(endpoint.task_id, READINESS_PATH)
         try:
             with urllib.request.urlopen(endpoint.base_url + path, timeout=0.5) as response:
-                body = json.loads(response.read() or b"{}")
-        except (OSError, ValueError):
+                text = response.read().decode(errors="replace")
+        except OSError:  # refused, too slow, or a status other than 2xx
             return endpoint
-        detail = body.get("detail") if isinstance(body, dict) else None
-        ready = replace(endpoint, ready=True, message=detail)
+        ready = replace(endpoint, ready=True, message=self._readiness_detail(text))
         self.endpoints.put(ready)
         return ready
+
+    @staticmethod
+    def _readiness_detail(text: str) -> str | None:
+        """What a ready server says of how it serves (e.g. which engine it chose): the `detail` of a
+        JSON answer; None for an empty or other answer (vLLM's /health answers an empty 200)."""
+        try:
+            body = json.loads(text) if text.strip() else None
+        except ValueError:
+            return None
+        return body.get("detail") if isinstance(body, dict) else None
 
     async def _probe(self, endpoint: Endpoint) -> None:
         assert self._probes is not None
@@ -504,14 +513,13 @@ class LocalRuntime:
         try:
             path = self._readiness_paths.get(endpoint.task_id, READINESS_PATH)
             response = await self._probes.get(endpoint.base_url + path).build().send()
-            ready = response.status == 200
-            if not ready:
-                message = f"model server is loading (readiness answered {response.status})"
-            else:  # a server may say how it serves (e.g. which engine it chose)
-                body = await response.json()
-                message = body.get("detail") if isinstance(body, dict) else None
-        except (RequestError, ValueError):
+            text = await response.text()
+        except RequestError:
             pass
+        else:
+            ready = response.status == 200
+            message = (self._readiness_detail(text) if ready
+                       else f"model server is loading (readiness answered {response.status})")
         # As a readinessProbe's failureThreshold: a Ready server that misses one probe (a busy CPU
         # delays its answer) stays Ready; several in a row, and it is not. A server that is gone
         # is seen at once anyway: the proxy marks it unready on a refused connection.
