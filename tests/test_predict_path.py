@@ -129,6 +129,22 @@ def test_a_connection_the_server_dropped_while_idle_is_replaced_transparently() 
     run_plane(reply, test)
 
 
+def test_an_answer_cut_after_its_head_is_asked_again_once() -> None:
+    """A model server killed between writing an answer's head and its body: the predict is sent
+    once more on a new connection (it has no side effects); cut twice, it is a 502."""
+    cut = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 40\r\nConnection: close\r\n\r\n{\"pre"
+    answers = iter([cut, OK, cut, cut])
+
+    async def test(plane: Plane, _: str, upstream: RawUpstream) -> None:
+        assert (await plane.predict("t", b"{}")).status_code == 200
+        assert upstream.connections == 2
+        response = await plane.predict("t", b"{}")
+        assert response.status_code == 502 and len(upstream.requests) == 4
+        assert plane.endpoints.get("t").ready  # type: ignore[union-attr]
+
+    run_plane(lambda _: next(answers), test)
+
+
 def test_chunked_close_delimited_and_connection_close_answers() -> None:
     answers = iter([
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -17,7 +17,7 @@ from datetime import timedelta
 from enum import Enum
 
 from pyreqwest.client import Client, ClientBuilder
-from pyreqwest.exceptions import DetailedPyreqwestError, NetworkError, RequestTimeoutError
+from pyreqwest.exceptions import BodyDecodeError, DetailedPyreqwestError, NetworkError, RequestTimeoutError
 
 from app.errors import MlopsError, NotReady, UpstreamError, UpstreamTimeout
 from app.runtime.base import Endpoint, EndpointCache, Tls
@@ -115,9 +115,10 @@ class UpstreamClient:
                    timeout: float) -> Answer:
         """One request with its whole answer. Raises UpstreamFailure.
 
-        A request that finds no connection, or whose connection closes before any answer (a kept-
-        alive one the server had dropped, a server restarting), is sent once more on a new one:
-        predict and the OpenAI routes have no side effects to repeat."""
+        A request that finds no connection, or whose connection closes before the whole answer (a
+        kept-alive one the server had dropped, a server killed between writing an answer's head and
+        its body), is sent once more on a new one: predict and the OpenAI routes have no side
+        effects to repeat. The second try's failure is the one reported."""
         client = self._client(endpoint.tls, False)
         url = endpoint.base_url + path
         if endpoint.headers:
@@ -127,16 +128,14 @@ class UpstreamClient:
             if body:
                 request = request.body_bytes(body)
             try:
-                response = await request.build().send()
+                response = await request.build().send()  # reads the whole body, so a cut one raises
+                payload = await response.bytes()
             except Exception as exc:  # classified here; re-raised if it is not the client's
-                failure = _failure(exc, answered=False)
-                if failure.failure is Failure.UNREACHABLE and attempt == 1:
+                # A body cut short is a BodyDecodeError (no decompression is asked for).
+                failure = _failure(exc, answered=isinstance(exc, BodyDecodeError))
+                if attempt == 1 and (failure.failure is Failure.UNREACHABLE or isinstance(exc, BodyDecodeError)):
                     continue
                 raise failure from None
-            try:
-                payload = await response.bytes()
-            except Exception as exc:
-                raise _failure(exc, answered=True) from None
             return Answer(response.status, bytes(payload), response.headers.get("content-type") or "application/json")
         raise AssertionError("unreachable")
 
