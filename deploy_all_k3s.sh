@@ -46,6 +46,7 @@ Options:
   --image-load MODE     how built images reach the cluster (default: \$MLOPS_IMAGE_LOAD or auto):
                           k3s       docker save | k3s ctr images import -  (this node's containerd; uses sudo when not root)
                           registry  docker push to \$MLOPS_REGISTRY (k3s must be able to pull from it)
+                        (podman instead of docker with MLOPS_CONTAINER_TOOL=podman)
                           auto      k3s when the k3s command is here, otherwise registry
   --timeout SECONDS     how long to wait for each rollout (default: ${DEFAULT_TIMEOUT_SECONDS})
   --render              print the manifests that would be applied to NAMESPACE and exit
@@ -56,6 +57,7 @@ Options:
 Environment:
   MLOPS_REGISTRY        registry prefix of the image names (default: ${DEFAULT_REGISTRY})
   MLOPS_IMAGE_LOAD      default of --image-load
+  MLOPS_CONTAINER_TOOL  docker (default) or podman: builds, saves and pushes the images
 
 Afterwards:
   ./monitor_all.sh NAMESPACE                                            status at a glance (with
@@ -77,6 +79,7 @@ parse_args() {
     RENDER_ONLY=false
     WITH_OBSERVABILITY=false
     IMAGE_LOAD=${MLOPS_IMAGE_LOAD:-auto}
+    CONTAINER_TOOL=${MLOPS_CONTAINER_TOOL:-docker}
     TIMEOUT_SECONDS=$DEFAULT_TIMEOUT_SECONDS
     while (($#)); do
         case $1 in
@@ -100,6 +103,10 @@ parse_args() {
         auto | k3s | registry) ;;
         *) die_usage "--image-load must be k3s, registry or auto, not '${IMAGE_LOAD}'" ;;
     esac
+    case $CONTAINER_TOOL in
+        docker | podman) ;;
+        *) die_usage "MLOPS_CONTAINER_TOOL must be docker or podman, not '${CONTAINER_TOOL}'" ;;
+    esac
     REGISTRY=${MLOPS_REGISTRY:-$DEFAULT_REGISTRY}
     # The prefix is written into the overlay YAML and image names: allow only what they allow.
     if [[ ! $REGISTRY =~ ^[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)*$ ]]; then
@@ -119,8 +126,8 @@ check_tools() {
     command -v kubectl >/dev/null 2>&1 ||
         missing+=("kubectl: talks to the cluster (install kubectl, or on a k3s node link it to 'k3s kubectl')")
     if [[ $RENDER_ONLY == false && $SKIP_BUILD == false ]]; then
-        command -v docker >/dev/null 2>&1 ||
-            missing+=("docker: builds the images (install Docker, or deploy with --skip-build when the images are already in the cluster)")
+        command -v "$CONTAINER_TOOL" >/dev/null 2>&1 ||
+            missing+=("${CONTAINER_TOOL}: builds the images (install Docker or podman and set MLOPS_CONTAINER_TOOL, or deploy with --skip-build when the images are already in the cluster)")
         if [[ $IMAGE_LOAD == k3s ]]; then
             command -v k3s >/dev/null 2>&1 ||
                 missing+=("k3s: imports the images into k3s's containerd (or use --image-load registry)")
@@ -255,7 +262,7 @@ build_and_load_images() {
         return
     fi
     log "Building images (registry prefix ${REGISTRY})"
-    MLOPS_REGISTRY="$REGISTRY" "${ROOT_DIR}/docker/build_images.sh"
+    MLOPS_REGISTRY="$REGISTRY" MLOPS_CONTAINER_TOOL="$CONTAINER_TOOL" "${ROOT_DIR}/docker/build_images.sh"
     local refs=() image
     for image in "${RUNTIME_IMAGES[@]}"; do
         refs+=("$(image_ref "$image")")
@@ -264,12 +271,14 @@ build_and_load_images() {
         k3s)
             log "Importing ${refs[*]} into k3s's containerd"
             # One archive for all three: the workload images share the gpu-base layers.
-            docker save "${refs[@]}" | as_root k3s ctr images import -
+            local save=(save)
+            [[ $CONTAINER_TOOL != podman ]] || save+=(--multi-image-archive)
+            "$CONTAINER_TOOL" "${save[@]}" "${refs[@]}" | as_root k3s ctr images import -
             ;;
         registry)
             for image in "${refs[@]}"; do
                 log "Pushing ${image}"
-                docker push "$image"
+                "$CONTAINER_TOOL" push "$image"
             done
             ;;
         *) die "unknown image load mode '${IMAGE_LOAD}'" ;;
@@ -282,7 +291,7 @@ build_and_load_images() {
 api_image_id() {
     local id
     if [[ $SKIP_BUILD == false ]]; then
-        id=$(docker image inspect --format '{{.Id}}' "$(image_ref fastapi-mlops-api)")
+        id=$("$CONTAINER_TOOL" image inspect --format '{{.Id}}' "$(image_ref fastapi-mlops-api)")
     else
         id=$(kubectl get deployment fastapi-mlops-api --namespace "$NAMESPACE" --ignore-not-found \
             --output 'jsonpath={.spec.template.metadata.annotations.mlops\.dev/image-id}')

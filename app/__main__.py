@@ -15,6 +15,7 @@ from app.main import build_authenticator
 from app.metrics import MULTIPROCESS_DIR
 from app.profiles import ProfileError, load_profiles
 from app.settings import RuntimeKind, Settings
+from app.startup_checks import startup_problem
 from models import HANDLERS
 from models.logs import formatter
 
@@ -53,6 +54,9 @@ def announce(settings: Settings, base: str, profiles: dict, auth: str) -> None:
 
 def main() -> int:
     settings = Settings()
+    if (problem := startup_problem(settings)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         profiles = load_profiles(settings.profiles_path, known_handlers=set(HANDLERS))
         authenticator = build_authenticator(settings)

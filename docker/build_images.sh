@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the platform's container images from docker/, from the repository root as context:
 #   fastapi    REGISTRY/fastapi-mlops-api:latest  the control plane (docker/Dockerfile.fastapi)
-#   gpu-base   REGISTRY/mlops-gpu-base:latest     Python + CUDA torch (docker/Dockerfile.gpu-base)
+#   gpu-base   REGISTRY/mlops-gpu-base:latest     Python, torch and the workloads' packages (docker/Dockerfile.gpu-base)
 #   trainer    REGISTRY/mlflow-trainer:latest     training Jobs, FROM gpu-base
-#   inference  REGISTRY/mlflow-inference:latest   inference Deployments, FROM gpu-base
-# REGISTRY is $MLOPS_REGISTRY (default localhost:5002). deploy_all_k3s.sh calls this script;
-# it can also be run on its own (`make images`).
+#   inference  REGISTRY/mlflow-inference:latest   inference Deployments (and vLLM), FROM gpu-base
+# REGISTRY is $MLOPS_REGISTRY (default localhost:5002). The engine is Docker or podman
+# ($MLOPS_CONTAINER_TOOL). deploy_all_k3s.sh calls this script; it can also be run on its own
+# (`make images`).
 set -euo pipefail
 
 readonly DEFAULT_REGISTRY="localhost:5002"
@@ -27,7 +28,10 @@ Options:
   -h, --help  show this help
 
 Environment:
-  MLOPS_REGISTRY  registry prefix of the image names (default ${DEFAULT_REGISTRY})
+  MLOPS_REGISTRY            registry prefix of the image names (default ${DEFAULT_REGISTRY})
+  MLOPS_CONTAINER_TOOL      docker or podman (default: docker if installed, else podman)
+  MLOPS_PYTHON_BUILD_IMAGE  image of the build stages only, in place of the Python base image (the
+                            stand-in docker/dev/python_standin.sh makes); shipped stages never use it
 EOF
 }
 
@@ -47,19 +51,48 @@ image_repository() {
     esac
 }
 
+# choose_tool: the container engine, MLOPS_CONTAINER_TOOL, else docker if installed, else podman.
+choose_tool() {
+    if [[ -n ${MLOPS_CONTAINER_TOOL:-} ]]; then
+        case $MLOPS_CONTAINER_TOOL in
+            docker | podman) ;;
+            *) die "MLOPS_CONTAINER_TOOL='${MLOPS_CONTAINER_TOOL}' must be docker or podman" ;;
+        esac
+        command -v "$MLOPS_CONTAINER_TOOL" >/dev/null 2>&1 ||
+            die "${MLOPS_CONTAINER_TOOL} not found (MLOPS_CONTAINER_TOOL=${MLOPS_CONTAINER_TOOL})"
+        TOOL=$MLOPS_CONTAINER_TOOL
+    elif command -v docker >/dev/null 2>&1; then
+        TOOL=docker
+    elif command -v podman >/dev/null 2>&1; then
+        TOOL=podman
+    else
+        die "no container engine: install Docker or podman (see README, 'Images'), or set MLOPS_CONTAINER_TOOL"
+    fi
+}
+
 build_image() {
     local name=$1
     local ref
     ref="$(image_repository "$name"):latest"
     local args=(build --file "${ROOT_DIR}/docker/Dockerfile.${name}" --tag "$ref")
+    if [[ $TOOL == podman ]]; then
+        # Docker's image format: OCI's has no HEALTHCHECK, podman would drop it.
+        args+=(--format docker)
+    fi
     if [[ $name == trainer || $name == inference ]]; then
         args+=(--build-arg "GPU_BASE_IMAGE=$(image_repository gpu-base):latest")
     fi
-    echo "==> docker build ${ref}"
-    docker "${args[@]}" "$ROOT_DIR"
+    # The trainer has no build stage.
+    if [[ -n ${MLOPS_PYTHON_BUILD_IMAGE:-} && $name != trainer ]]; then
+        args+=(--build-arg "PYTHON_BUILD_IMAGE=${MLOPS_PYTHON_BUILD_IMAGE}")
+    fi
+    echo "==> ${TOOL} build ${ref}"
+    local started=$SECONDS
+    "$TOOL" "${args[@]}" "$ROOT_DIR"
+    echo "==> built ${ref} in $((SECONDS - started)) s"
     if [[ $PUSH == true ]]; then
-        echo "==> docker push ${ref}"
-        docker push "$ref"
+        echo "==> ${TOOL} push ${ref}"
+        "$TOOL" push "$ref"
     fi
 }
 
@@ -81,7 +114,7 @@ main() {
         shift
     done
 
-    command -v docker >/dev/null 2>&1 || die "docker not found: install Docker (the engine builds the images)"
+    choose_tool
 
     ROOT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
     local name wanted

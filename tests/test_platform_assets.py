@@ -11,6 +11,7 @@ import ast
 import functools
 import importlib.metadata
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -34,11 +35,13 @@ from tests.platform_support.contract import (
 from tests.platform_support.fake_cluster import REPO_ROOT, real_kubectl
 from tests.platform_support.renders import containers, find, pod_templates, render_observability, render_overlay
 
-DOCKERFILES = {
-    "fastapi": "requirements/api.txt",
-    "gpu-base": ("requirements/gpu.txt", "requirements/gpu-llm.txt"),
-    "trainer": "requirements/trainer.txt",
-    "inference": "requirements/inference.txt",
+# What each image installs: the base holds every workload package (one layer the trainer and the
+# inference image share); the inference image adds vLLM's own environment; the trainer adds only code.
+DOCKERFILES: dict[str, tuple[str, ...]] = {
+    "fastapi": ("requirements/api.txt",),
+    "gpu-base": ("requirements/gpu.txt", "requirements/trainer.txt", "requirements/inference.txt"),
+    "trainer": (),
+    "inference": ("requirements/gpu-llm.txt",),
 }
 K8S_VERSIONS = ["1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0", "1.35.0"]
 # Two namespaces rendered through deploy_all_k3s.sh's overlay: an ordinary one, and a valid
@@ -111,9 +114,9 @@ def test_base_images_are_pinned(name: str) -> None:
         if image in stages:
             continue
         image = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], image)
-        if name in ("trainer", "inference"):
+        if image.startswith(f"{DEFAULT_REGISTRY}/"):
             # Built on this project's own base image, built just before by build_images.sh.
-            assert image == f"{DEFAULT_REGISTRY}/mlops-gpu-base:latest"
+            assert name in ("trainer", "inference") and image == f"{DEFAULT_REGISTRY}/mlops-gpu-base:latest"
             continue
         repository, _, tag = image.rpartition(":")
         assert repository and re.search(r"\d+\.\d+\.\d+", tag), f"{image}: pin an exact version tag"
@@ -130,8 +133,14 @@ def test_image_runs_as_uid_10001_from_app(name: str) -> None:
     if name in ("fastapi", "gpu-base"):
         assert "groupadd --system --gid 10001 mlops" in runs
         assert "useradd --system --uid 10001 --gid 10001" in runs and runs.rstrip().endswith("mlops")
+    if name == "inference":
+        # vLLM compiles as it starts (Triton's launchers, torch.compile): the one image with a compiler,
+        # pinned, without recommends, and without apt's lists.
+        assert re.fullmatch(r"apt-get update && apt-get install -y --no-install-recommends g\+\+=[\w.:~+-]+ "
+                            r"&& rm -rf /var/lib/apt/lists/\*", runs), runs
+        return
     # No compilers, package caches or package managers' lists in the shipped stage.
-    assert not re.search(r"apt-get|apk add|gcc|build-essential", runs)
+    assert not re.search(r"apt-get|apk add|gcc|g\+\+|build-essential", runs)
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
@@ -139,13 +148,19 @@ def test_image_installs_its_own_pinned_requirements_without_cache(name: str) -> 
     dockerfile = REPO_ROOT / "docker" / f"Dockerfile.{name}"
     steps = instructions(dockerfile)
     copied = " ".join(args for keyword, args in steps if keyword == "COPY")
-    own = (DOCKERFILES[name],) if isinstance(DOCKERFILES[name], str) else DOCKERFILES[name]
+    own = DOCKERFILES[name]
     requirement_files = set(re.findall(r"requirements/[\w-]+\.txt", copied))
-    assert requirement_files - {"requirements/constraints.txt"} == set(own)
+    constraints = {file for file in requirement_files if file.endswith("constraints.txt")}
+    assert requirement_files - constraints == set(own)
+    runs = " ".join(args for keyword, args in steps if keyword == "RUN")
+    for file in constraints:
+        assert f"-c /tmp/requirements/{Path(file).name}" in runs
     installs = [args for keyword, args in steps if keyword == "RUN" and "pip install" in args]
-    assert installs, "installs its requirements"
+    assert bool(installs) == bool(own), "installs its requirements, and only where it has some"
     for args in installs:
         assert args.count("pip install") == args.count("--no-cache-dir")
+        # Every environment resolves without a conflict (pip reports one and carries on otherwise).
+        assert args.rstrip().endswith("pip check")
     installed = " ".join(installs)
     for file in own:
         assert f"/tmp/requirements/{Path(file).name}" in installed
@@ -155,15 +170,39 @@ def test_image_installs_its_own_pinned_requirements_without_cache(name: str) -> 
                 assert "==" in line, f"{file}: '{line}' is not pinned"
 
 
-def test_gpu_requirements_are_the_cuda_build_of_the_pinned_torch() -> None:
-    lines = [ln.strip() for ln in (REPO_ROOT / "requirements/gpu.txt").read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")]
-    cpu_torch = [ln.split("#")[0].strip() for ln in (REPO_ROOT / "requirements/torch-cpu.txt").read_text().splitlines()
-                 if ln.startswith("torch==")]
-    assert lines == ["--index-url https://download.pytorch.org/whl/cu128", *cpu_torch]
+def requirement_lines(file: str) -> list[str]:
+    return [ln.split("#")[0].strip() for ln in (REPO_ROOT / file).read_text().splitlines()
+            if ln.split("#")[0].strip()]
+
+
+def test_gpu_requirements_are_one_cuda_line_for_torch_and_vllm() -> None:
+    """torch from PyPI (its build for CUDA 13.0) with the CPU build's version, and the vLLM built for that torch
+    (PyPI's vllm 0.32.0 wheel is for CUDA 13): no other index, whose CUDA could differ from vLLM's."""
+    gpu, llm = requirement_lines("requirements/gpu.txt"), requirement_lines("requirements/gpu-llm.txt")
+    cpu_torch = [ln for ln in requirement_lines("requirements/torch-cpu.txt") if ln.startswith("torch==")]
+    assert [ln for ln in gpu if ln.startswith("torch")] == cpu_torch
+    assert not [ln for ln in gpu + llm if ln.startswith("-")], "an index or option: PyPI's CUDA 13 builds only"
+    assert llm == ["vllm==0.32.0"]
+    assert "580" in (REPO_ROOT / "requirements/gpu.txt").read_text()  # the driver CUDA 13.0 needs is stated
     # Several GB of CUDA libraries: never part of the development environment.
-    assert "gpu.txt" not in (REPO_ROOT / "requirements/dev.txt").read_text()
+    dev = (REPO_ROOT / "requirements/dev.txt").read_text()
+    assert "gpu.txt" not in dev and "gpu-llm.txt" not in dev
     assert "requirements/gpu.txt" not in (REPO_ROOT / "Makefile").read_text()
+
+
+def test_vllm_gets_its_own_environment_beside_the_workloads() -> None:
+    """vLLM 0.32 pins fastapi<0.137, the workloads fastapi 0.163.2: /opt/vllm reuses /opt/venv (torch) through a
+    .pth file and installs only what it needs on top, without the development constraints."""
+    steps = instructions(REPO_ROOT / "docker/Dockerfile.inference")
+    runs = " ".join(args for keyword, args in steps if keyword == "RUN")
+    assert "python -m venv /opt/vllm" in runs and ".pth" in runs
+    assert "/opt/vllm/bin/pip install --no-cache-dir -r /tmp/requirements/gpu-llm.txt " \
+           "-c /tmp/requirements/gpu-llm-constraints.txt" in runs
+    # Not the development pins: vLLM's own (fastapi<0.137).
+    assert "-c /tmp/requirements/constraints.txt" not in runs
+    final = final_stage(REPO_ROOT / "docker/Dockerfile.inference")
+    assert ("COPY", "--from=vllm /opt/vllm /opt/vllm") in final
+    assert "MLOPS_VLLM_PYTHON=/opt/vllm/bin/python" in " ".join(args for keyword, args in final if keyword == "ENV")
 
 
 def test_images_start_the_contracted_commands() -> None:
@@ -178,9 +217,82 @@ def test_images_start_the_contracted_commands() -> None:
     assert "/healthz" in fastapi["HEALTHCHECK"][0]
     assert trainer["ENTRYPOINT"] == ['["python", "script/train.py"]'] and trainer["HEALTHCHECK"] == ["NONE"]
     assert inference["ENTRYPOINT"] == ['["python", "script/serve.py"]'] and inference["EXPOSE"] == ["8080"]
-    assert "http://127.0.0.1:8080/health'" in inference["HEALTHCHECK"][0]
+    # The probe follows the port the Deployment gives the server.
+    assert "http://127.0.0.1:%s/health' % os.environ.get('MLOPS_SERVE_PORT', '8080')" in inference["HEALTHCHECK"][0]
+    assert "os.environ.get('MLOPS_PORT', '8000')" in fastapi["HEALTHCHECK"][0]
     for steps in (trainer, inference):
-        assert "PYTHONPATH=/app" in steps["ENV"]
+        assert "PYTHONPATH=/app" in " ".join(steps["ENV"]).split()
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_build_stages_never_reach_the_shipped_image(name: str) -> None:
+    """A build may run its build stages on another image (a stand-in trusting a local mirror's CA, with a wheel
+    cache): the shipped stage is FROM the Python image or the project's base, and takes only environments."""
+    final = final_stage(REPO_ROOT / "docker" / f"Dockerfile.{name}")
+    defaults = arg_defaults(REPO_ROOT / "docker" / f"Dockerfile.{name}")
+    assert final[0][1] in ("${PYTHON_IMAGE}", "base", "${GPU_BASE_IMAGE}")
+    if "PYTHON_BUILD_IMAGE" in defaults:
+        assert defaults["PYTHON_BUILD_IMAGE"] == defaults.get("PYTHON_IMAGE", "python:3.11.14-slim-bookworm")
+    for keyword, args in final:
+        if keyword == "COPY" and args.startswith("--from="):
+            source, target = args.split()[1:]
+            assert source == target and source in ("/opt/venv", "/opt/vllm"), args
+
+
+def test_control_plane_image_defaults_to_the_kubernetes_runtime_with_known_settings() -> None:
+    from app.settings import Settings
+
+    env = " ".join(args for keyword, args in final_stage(REPO_ROOT / "docker/Dockerfile.fastapi") if keyword == "ENV")
+    settings = dict(re.findall(r"(MLOPS_\w+)=(\S+)", env))
+    assert settings["MLOPS_RUNTIME"] == "kubernetes" and settings["MLOPS_DATA_DIR"].startswith("/tmp/")
+    prefix = Settings.model_config["env_prefix"]
+    assert set(settings) <= {prefix + field.upper() for field in Settings.model_fields}
+
+
+def build_commands(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
+    """docker/build_images.sh with a recording `docker` and `podman` on PATH: its result and the commands run."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir(parents=True)
+    for name in ("docker", "podman"):
+        shim = bin_dir / name
+        shim.write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\n')
+        shim.chmod(0o755)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
+    done = subprocess.run([str(REPO_ROOT / "docker/build_images.sh")], capture_output=True, text=True,
+                          env={**clean, "PATH": f"{bin_dir}:{os.environ['PATH']}", **env}, check=False)
+    calls = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+    return done, calls
+
+
+def test_build_images_builds_with_podman_in_dockers_format_and_a_build_stage_image(tmp_path: Path) -> None:
+    done, calls = build_commands(tmp_path, MLOPS_CONTAINER_TOOL="podman", MLOPS_PYTHON_BUILD_IMAGE="stand-in:1")
+    assert done.returncode == 0, done.stderr
+    assert [call[0] for call in calls] == ["podman"] * 4
+    built = {Path(call[call.index("--file") + 1]).name: call for call in calls}
+    assert list(built) == ["Dockerfile.fastapi", "Dockerfile.gpu-base", "Dockerfile.trainer", "Dockerfile.inference"]
+    for name, call in built.items():
+        # OCI's format has no HEALTHCHECK: podman would drop the images' probes.
+        assert call[1] == "build" and "--format docker" in " ".join(call), name
+        # The stand-in serves build stages only; the trainer has none.
+        assert ("PYTHON_BUILD_IMAGE=stand-in:1" in call) == (name != "Dockerfile.trainer"), name
+    assert f"GPU_BASE_IMAGE={DEFAULT_REGISTRY}/mlops-gpu-base:latest" in built["Dockerfile.inference"]
+
+
+def test_build_images_defaults_to_docker_and_refuses_an_unknown_engine(tmp_path: Path) -> None:
+    done, calls = build_commands(tmp_path / "default")
+    assert done.returncode == 0 and {call[0] for call in calls} == {"docker"}
+    assert not any("--format" in call or any("PYTHON_BUILD_IMAGE" in a for a in call) for call in calls)
+    done, calls = build_commands(tmp_path / "unknown", MLOPS_CONTAINER_TOOL="buildah")
+    assert done.returncode == 2 and "MLOPS_CONTAINER_TOOL='buildah' must be docker or podman" in done.stderr
+    assert calls == []
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO_ROOT / "docker/dev").glob("*.sh")))
+def test_dev_helper_scripts_are_strict_and_shellcheck_clean(script: str) -> None:
+    path = REPO_ROOT / "docker/dev" / script
+    assert os.access(path, os.X_OK) and "set -euo pipefail" in path.read_text()
+    done = subprocess.run([tool("shellcheck"), "-x", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 # ----------------------------------------------------------------------------- .dockerignore
@@ -260,6 +372,35 @@ def test_control_plane_image_holds_every_module_the_control_plane_imports() -> N
             elif top not in provided:
                 missing.setdefault(top, set()).add(str(path.relative_to(REPO_ROOT)))
     assert not missing, f"imported by the control plane but not installed by requirements/api.txt: {missing}"
+
+
+@pytest.mark.parametrize(("workload", "requirements"), [
+    ("script/train.py", "requirements/trainer.txt"), ("script/serve.py", "requirements/inference.txt")])
+def test_workload_images_hold_every_module_their_workload_imports(workload: str, requirements: str) -> None:
+    """The trainer and inference images install torch (gpu.txt) and their requirements file (both, in the shared
+    base): every third-party module their script imports at module level, or the models/ and script/ modules it
+    imports, must come from that file, torch, or what those depend on."""
+    stdlib = set(sys.stdlib_module_names)
+    first_party = {"models", "script"}
+    provided = distributions_import_names(REPO_ROOT / requirements) | distributions_import_names(
+        REPO_ROOT / "requirements/torch-cpu.txt")
+    missing: dict[str, set[str]] = {}
+    seen: set[Path] = set()
+    queue = [REPO_ROOT / workload, *sorted((REPO_ROOT / "models").rglob("*.py"))]
+    while queue:
+        path = queue.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for module in module_level_imports(path):
+            top = module.split(".")[0]
+            if top in stdlib:
+                continue
+            if top in first_party:
+                queue.extend(first_party_files(module))
+            elif top not in provided:
+                missing.setdefault(top, set()).add(str(path.relative_to(REPO_ROOT)))
+    assert not missing, f"imported by {workload} but not installed by {requirements}: {missing}"
 
 
 def module_level_imports(path: Path) -> list[str]:

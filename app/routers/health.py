@@ -3,6 +3,7 @@
 from fastapi import APIRouter, Request, Response
 
 from app.core.blocking import run_blocking
+from app.errors import DependencyUnavailable
 from app.metrics import CONTENT_TYPE, exposition
 from app.state_metrics import state_families
 
@@ -14,9 +15,16 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The API has loaded its profiles and started its runtime")
+@router.get(
+    "/readyz",
+    summary="The API has loaded its profiles and its runtime can serve",
+    responses={503: {"description": "The runtime cannot serve now, e.g. the Kubernetes API cannot be reached"}},
+)
 async def readyz(request: Request) -> dict[str, object]:
     state = request.app.state
+    reason = state.runtime.unready_reason()
+    if reason is not None:
+        raise DependencyUnavailable(f"not ready: {reason}")
     return {"status": "ok", "runtime": state.settings.runtime.value, "profiles": sorted(state.profiles)}
 
 

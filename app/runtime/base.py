@@ -110,6 +110,10 @@ class Runtime(Protocol):
 
     async def close(self) -> None: ...
 
+    def unready_reason(self) -> str | None:
+        """Why the runtime cannot serve now (e.g. its cluster cannot be reached), for /readyz; None when it can."""
+        ...
+
     def create(self, kind: str, task_id: str, manifests: list[dict[str, Any]]) -> WorkloadState:
         """Make the objects real; raise AlreadyExists if the task id is taken."""
         ...

@@ -156,6 +156,9 @@ class LocalRuntime:
         await self.probe_all()
         self._loop_task = asyncio.create_task(self._reconcile_forever())
 
+    def unready_reason(self) -> str | None:
+        return None  # its processes run on this machine: nothing to reach
+
     async def close(self) -> None:
         if self._loop_task:
             self._loop_task.cancel()

@@ -57,7 +57,8 @@ def connect(settings: Settings) -> ClusterConnection:
     except (ConfigException, OSError) as exc:
         raise DependencyUnavailable(
             "no Kubernetes configuration: this is not a pod with a ServiceAccount and the kubeconfig "
-            f"({config_file or '$KUBECONFIG or ~/.kube/config'}) cannot be used: {exc}"
+            f"({config_file or '$KUBECONFIG or ~/.kube/config'}) cannot be used ({exc}): run it in a pod, "
+            "or set MLOPS_KUBECONFIG to a kubeconfig file"
         ) from exc
     chosen = current
     if settings.kube_context:

@@ -25,6 +25,7 @@ from app.core.manifests import (
     served_model_name_of,
     task_selector,
 )
+from app.errors import MlopsError
 from app.runtime.base import Endpoint, EndpointCache
 from app.runtime.kubernetes.api import DEPLOYMENTS, SERVICES, ClusterApi, Resource, WatchExpired, raw_watch
 from app.runtime.kubernetes.routes import ServiceRoute
@@ -70,6 +71,8 @@ class EndpointWatch:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._synced = {resource: threading.Event() for resource in WATCHED}
+        # Why the last list of a resource failed, until one succeeds again: the API's readiness.
+        self._list_errors: dict[Resource, str] = {}
         self._active_watches: set[watch.Watch] = set()
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -90,6 +93,16 @@ class EndpointWatch:
         """Block until both resources were listed once (or `timeout` passed); True if they were."""
         deadline = time.monotonic() + timeout
         return all(event.wait(max(0.0, deadline - time.monotonic())) for event in self._synced.values())
+
+    def unreachable_reason(self) -> str | None:
+        """Why the cluster cannot be used now (its last list failed, or none was made yet); None if it can."""
+        with self._lock:
+            errors = list(self._list_errors.values())
+        if errors:
+            return errors[0]
+        if not all(event.is_set() for event in self._synced.values()):
+            return "the Kubernetes API has not answered a list of the inference Deployments and Services yet"
+        return None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -159,8 +172,16 @@ class EndpointWatch:
                 self._stopping.wait(delay)
 
     def _relist(self, resource: Resource) -> str:
-        items, resource_version = self.api.list(resource, INFERENCE_SELECTOR)
+        # A list is what tells whether the cluster can be used: a watch stream may drop while it can.
+        try:
+            items, resource_version = self.api.list(resource, INFERENCE_SELECTOR)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, MlopsError) else f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                self._list_errors[resource] = reason
+            raise
         with self._lock:
+            self._list_errors.pop(resource, None)
             before = {_task_id(obj) for obj in self._objects[resource].values()}
             self._objects[resource] = {_name(obj): obj for obj in items}
             after = {_task_id(obj) for obj in items}

@@ -134,6 +134,9 @@ class KubernetesRuntime:
             log.warning("the endpoint watch has not listed the cluster yet; predicts answer 404 until it does")
         self._refresh_task = asyncio.create_task(self._restore_endpoints_forever())
 
+    def unready_reason(self) -> str | None:
+        return self._watch.unreachable_reason()
+
     async def close(self) -> None:
         if self._refresh_task is not None:
             self._refresh_task.cancel()
