@@ -40,6 +40,26 @@ SERVICE_PORT = 80
 READINESS_PATH = "/ready"
 LIVENESS_PATH = "/health"
 
+# A rolling update that fails no request on a real cluster (besides maxUnavailable 0, maxSurge 1
+# and the readiness probe):
+# - A stopping model server first sleeps (preStop), still answering, while the EndpointSlice
+#   controller and every node's kube-proxy (and an ingress) drop it; only then does it get SIGTERM,
+#   on which uvicorn stops accepting and finishes the requests in flight. The kubelet's own sleep
+#   action (beta and on by default since 1.30) needs no `sleep` binary in the image.
+PRESTOP_SLEEP_SECONDS = 5
+# After the sleep: time for the requests in flight to finish before SIGKILL. A language model's
+# streams can run for minutes; they finish on the revision that started them.
+DRAIN_SECONDS = 25
+LLM_DRAIN_SECONDS = 300
+# A new pod must stay ready this long before it counts as available and an old one is stopped:
+# by then the endpoints that route to it have reached the nodes, and a server that passes its
+# readiness probe once and then crashes does not take a serving one with it.
+MIN_READY_SECONDS = 5
+# The startup probe's period; the Deployment's progress deadline outlasts its whole window, so a
+# model still loading within it is not reported as a failed rollout.
+STARTUP_PERIOD_SECONDS = 10
+PROGRESS_MARGIN_SECONDS = 120
+
 
 @dataclass(frozen=True)
 class ClusterRefs:
@@ -274,9 +294,12 @@ def inference_deployment(
     container["ports"] = [{"name": HTTP_PORT_NAME, "containerPort": port, "protocol": "TCP"}]
     # Loading a model can take minutes (a language model's download, much longer): the startup
     # probe holds the others back until the server answers, which it does once weights are loaded.
-    container["startupProbe"] = _http_probe(LIVENESS_PATH, period=10, failures=360 if profile.llm else 60)
+    startup_failures = 360 if profile.llm else 60
+    container["startupProbe"] = _http_probe(LIVENESS_PATH, period=STARTUP_PERIOD_SECONDS, failures=startup_failures)
     container["readinessProbe"] = _http_probe(profile.inference.readiness_path, period=5, failures=3)
     container["livenessProbe"] = _http_probe(LIVENESS_PATH, period=10, failures=3)
+    container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}}
+    drain = LLM_DRAIN_SECONDS if profile.llm else DRAIN_SECONDS
     selector = task_selector(KIND_INFERENCE, spec.task_id)
     metadata = _metadata(name, labels, request, spec.served_model_name)
     revision = (rollout or {}).get("revision", 1)
@@ -290,11 +313,14 @@ def inference_deployment(
             "replicas": replicas,
             "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "minReadySeconds": MIN_READY_SECONDS,
+            "progressDeadlineSeconds": STARTUP_PERIOD_SECONDS * startup_failures + PROGRESS_MARGIN_SECONDS,
             "template": {
                 # Prometheus finds the model server's /metrics (vLLM's own, for a language model) by these.
                 "metadata": {"labels": {**labels, LABEL_REVISION: str(revision)},
                              "annotations": scrape_annotations(port)},
-                "spec": _pod_spec([container], profile, use_gpu, volumes=volumes),
+                "spec": _pod_spec([container], profile, use_gpu, volumes=volumes,
+                                  terminationGracePeriodSeconds=PRESTOP_SLEEP_SECONDS + drain),
             },
         },
     }

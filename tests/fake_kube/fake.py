@@ -14,6 +14,8 @@ ended or held watch), and reads `calls`, every (verb, resource) it was asked for
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import secrets
 import ssl
 import threading
@@ -24,6 +26,7 @@ from typing import Any
 
 from kubernetes import client
 
+from app.core.manifests import LABEL_REVISION
 from tests.fake_kube import pods as pod_status
 from tests.fake_kube.server import FakeHttpServer, Route
 from tests.fake_kube.store import ObjectStore
@@ -73,6 +76,16 @@ def _with_containers(status: dict[str, Any], spec: dict[str, Any]) -> dict[str, 
         container_status.setdefault("name", container["name"])
         container_status.setdefault("image", container["image"])
     return status
+
+
+def _template_hash(template: dict[str, Any]) -> str:
+    """What the Deployment controller's pod-template-hash does: one value per pod template."""
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 class FakeKube:
@@ -238,9 +251,10 @@ class FakeKube:
             name = f"{owner_name}-{suffix}"
             labels |= {"job-name": owner_name, "batch.kubernetes.io/job-name": owner_name,
                        "controller-uid": owner["metadata"]["uid"]}
-        else:  # the ReplicaSet between a Deployment and its pods is left out
-            name = f"{owner_name}-7d9c5b{suffix[:4]}-{suffix}"
-            labels["pod-template-hash"] = "7d9c5b" + suffix[:4]
+        else:  # the ReplicaSet between a Deployment and its pods is left out; its hash names the template
+            template_hash = _template_hash(template)
+            name = f"{owner_name}-{template_hash}-{suffix}"
+            labels["pod-template-hash"] = template_hash
         reference = {"apiVersion": owner.get("apiVersion", ""), "kind": owner.get("kind", ""), "name": owner_name,
                      "uid": owner["metadata"]["uid"], "controller": True}
         spec = copy.deepcopy(template["spec"])
@@ -303,8 +317,11 @@ class FakeKube:
         if not self.pods_of(name):
             self.add_pod("deployments", name, pod_status.running(ready=True))
         now = self.store.now()
+        deployment = self.get("deployments", name)
+        assert deployment is not None, f"no deployment {name}"
         status = {
-            "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
+            "observedGeneration": deployment["metadata"]["generation"], "replicas": 1, "updatedReplicas": 1,
+            "readyReplicas": 1, "availableReplicas": 1,
             "conditions": [
                 {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
                  "lastTransitionTime": now},
@@ -313,6 +330,83 @@ class FakeKube:
             ],
         }
         self.update("deployments", name, lambda deployment: deployment.update(status=status))
+
+    # -- a rolling update, step by step: the test plays the Deployment controller and the kubelet ------
+
+    def pods_of_revision(self, name: str, revision: int) -> list[str]:
+        """The Deployment's pods labelled with `revision` (app/core/manifests.py LABEL_REVISION)."""
+        return [
+            pod["metadata"]["name"]
+            for pod in self.list("pods")
+            if pod["metadata"]["name"] in self.pods_of(name)
+            and (pod["metadata"].get("labels") or {}).get(LABEL_REVISION) == str(revision)
+        ]
+
+    def add_revision_pod(self, name: str, status: dict[str, Any] | None = None) -> str:
+        """The controller's surge pod of the Deployment's current template (its newest revision);
+        by default it runs, not ready yet (its model is loading)."""
+        pod = self.add_pod("deployments", name, status or pod_status.running(ready=False))
+        self.sync_deployment(name)
+        return pod
+
+    def retire_old_pods(self, name: str) -> list[str]:
+        """The controller scales the old ReplicaSets down: pods of an older template go."""
+        deployment = self.get("deployments", name)
+        assert deployment is not None, f"no deployment {name}"
+        current = _template_hash(deployment["spec"]["template"])
+        old = [pod["metadata"]["name"] for pod in self.list("pods")
+               if pod["metadata"]["name"] in self.pods_of(name)
+               and pod["metadata"]["labels"].get("pod-template-hash") != current]
+        for pod in old:
+            self.delete("pods", pod)
+        self.sync_deployment(name)
+        return old
+
+    def roll_out(self, name: str) -> list[str]:
+        """The whole rolling update done well: `spec.replicas` ready pods of the current template
+        (the ones there, then new ones), old pods gone, the status complete. Returns the new pods."""
+        deployment = self.get("deployments", name)
+        assert deployment is not None, f"no deployment {name}"
+        current = _template_hash(deployment["spec"]["template"])
+        mine = [pod for pod in self.list("pods") if pod["metadata"]["name"] in self.pods_of(name)
+                and pod["metadata"]["labels"].get("pod-template-hash") == current]
+        names = [pod["metadata"]["name"] for pod in mine]
+        for pod in mine:
+            self.set_pod_status(pod["metadata"]["name"], pod_status.running(ready=True))
+        while len(names) < deployment["spec"].get("replicas", 1):
+            names.append(self.add_pod("deployments", name, pod_status.running(ready=True)))
+        for extra in names[deployment["spec"].get("replicas", 1):]:
+            self.delete("pods", extra)
+        self.retire_old_pods(name)
+        return names[: deployment["spec"].get("replicas", 1)]
+
+    def sync_deployment(self, name: str) -> dict[str, Any]:
+        """The Deployment controller's status from the pods there now: replicas, updated (of the
+        current template), ready, available (minReadySeconds taken as passed), and its conditions."""
+        deployment = self.get("deployments", name)
+        assert deployment is not None, f"no deployment {name}"
+        current = _template_hash(deployment["spec"]["template"])
+        pods = [pod for pod in self.list("pods") if pod["metadata"]["name"] in self.pods_of(name)]
+        ready = sum(1 for pod in pods if _ready(pod))
+        updated = sum(1 for pod in pods if pod["metadata"]["labels"].get("pod-template-hash") == current)
+        wanted = deployment["spec"].get("replicas", 1)
+        now = self.store.now()
+        complete = updated == len(pods) == wanted and ready == wanted
+        status = {
+            "observedGeneration": deployment["metadata"]["generation"], "replicas": len(pods),
+            "updatedReplicas": updated, "readyReplicas": ready, "availableReplicas": ready,
+            "unavailableReplicas": max(0, wanted - ready),
+            "conditions": [
+                {"type": "Available", "status": "True" if ready >= wanted else "False",
+                 "reason": "MinimumReplicasAvailable" if ready >= wanted else "MinimumReplicasUnavailable",
+                 "lastTransitionTime": now},
+                {"type": "Progressing", "status": "True",
+                 "reason": "NewReplicaSetAvailable" if complete else "ReplicaSetUpdated", "lastTransitionTime": now},
+            ],
+        }
+        for key in [key for key, value in status.items() if value == 0]:
+            del status[key]  # as the API server omits zero counts
+        return self.update("deployments", name, lambda obj: obj.update(status=status))
 
     def set_deployment_conditions(self, name: str, *conditions: dict[str, Any]) -> None:
         self.update("deployments", name, lambda deployment: deployment["status"].update(

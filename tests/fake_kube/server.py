@@ -79,20 +79,22 @@ def parse_route(method: str, path: str, query: dict[str, str]) -> Route | None:
     if name is None:
         verb = {"GET": "watch" if flag(query.get("watch")) else "list", "POST": "create"}.get(method)
     else:
-        verb = {"GET": "get", "DELETE": "delete"}.get(method)
+        verb = {"GET": "get", "PUT": "update", "DELETE": "delete"}.get(method)
     return Route(verb, group, version, resource, match["namespace"], name, "") if verb else None
 
 
-def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {
+def status_body(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
         "status": "Failure",
         "message": message,
         "reason": reason,
-        "code": code,
     }
+    if details is not None:
+        body["details"] = details
+    return body | {"code": code}
 
 
 class FakeHttpServer(ThreadingHTTPServer):
@@ -174,7 +176,7 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
         try:
             self._serve(route, method, query, body)
         except ApiError as error:
-            self._send_status(error.code, error.reason, error.message)
+            self._send_status(error.code, error.reason, error.message, details=error.details)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
@@ -204,6 +206,12 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
             if obj.get("kind") not in (None, kind):
                 raise ApiError(400, "BadRequest", f"the body is a {obj.get('kind')}, not a {kind}")
             self._send_json(201, store.create(route.plural, route.namespace, obj))
+        elif route.verb == "update":
+            obj = json.loads(body or b"{}")
+            kind = KINDS[(route.api_group, route.version, route.plural)]
+            if obj.get("kind") not in (None, kind):
+                raise ApiError(400, "BadRequest", f"the body is a {obj.get('kind')}, not a {kind}")
+            self._send_json(200, store.replace(route.plural, route.namespace, route.name or "", obj))
         elif route.verb == "delete":
             options = json.loads(body or b"{}")
             propagation = options.get("propagationPolicy") or query.get("propagationPolicy")
@@ -226,8 +234,9 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
     def _send_json(self, code: int, obj: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         self._send_bytes(code, json.dumps(obj).encode(), "application/json", headers)
 
-    def _send_status(self, code: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
-        self._send_json(code, status_body(code, reason, message), headers)
+    def _send_status(self, code: int, reason: str, message: str, headers: dict[str, str] | None = None,
+                     details: dict[str, Any] | None = None) -> None:
+        self._send_json(code, status_body(code, reason, message, details), headers)
 
     def _reset(self) -> None:
         """A connection reset: no answer at all."""

@@ -23,12 +23,31 @@ DEFAULT_PROPAGATION = {"jobs": "Orphan"}
 _EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
 
 
+# Group of each resource the fake serves ("" is the core group), as a Status's details name it.
+GROUPS = {"deployments": "apps", "jobs": "batch"}
+# Spec fields the API server refuses to change on update.
+IMMUTABLE = {"deployments": ("selector",), "jobs": ("selector", "template"), "services": ("clusterIP",)}
+# Set by the API server on create; an update that leaves them out keeps them.
+SERVER_SET_SPEC = {"services": ("clusterIP", "clusterIPs")}
+
+
 class ApiError(Exception):
     """Answered as a Kubernetes Status object."""
 
-    def __init__(self, code: int, reason: str, message: str):
+    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None):
         super().__init__(message)
-        self.code, self.reason, self.message = code, reason, message
+        self.code, self.reason, self.message, self.details = code, reason, message, details
+
+
+def _qualified(resource: str) -> str:
+    group = GROUPS.get(resource, "")
+    return f"{resource}.{group}" if group else resource
+
+
+def _conflict(resource: str, name: str, why: str) -> ApiError:
+    """409 as the API server words an update over a stale object."""
+    return ApiError(409, "Conflict", f'Operation cannot be fulfilled on {_qualified(resource)} "{name}": {why}',
+                    {"name": name, "group": GROUPS.get(resource, ""), "kind": resource})
 
 
 @dataclass(frozen=True)
@@ -111,10 +130,50 @@ class ObjectStore:
     def update(
         self, resource: str, namespace: str, name: str, change: Callable[[dict[str, Any]], None]
     ) -> dict[str, Any]:
+        """A change made in place, as a controller or the kubelet writes (status included); a spec
+        change bumps the generation, as the API server does."""
         with self.cond:
             obj = self._require(resource, namespace, name)
+            before = copy.deepcopy(obj.get("spec"))
             change(obj)
+            if obj.get("spec") != before:
+                obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
             return self._emit("MODIFIED", resource, namespace, obj)
+
+    def replace(self, resource: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT: the object becomes `body`, as the API server does it. A `resourceVersion` or `uid`
+        in the body must be the stored one (else 409 Conflict; none: an unconditional update); the
+        status, the server-set metadata and a Service's cluster IP stay; a spec change bumps the
+        generation; immutable fields must not change (422)."""
+        new = copy.deepcopy(body)
+        metadata = new.setdefault("metadata", {})
+        if metadata.get("name") != name:
+            raise ApiError(400, "BadRequest", f"the name of the object ({metadata.get('name')}) does not match the "
+                                              f"name on the URL ({name})")
+        with self.cond:
+            obj = self._require(resource, namespace, name)
+            current = obj["metadata"]
+            wanted_version = metadata.get("resourceVersion")
+            if wanted_version and wanted_version != current["resourceVersion"]:
+                raise _conflict(resource, name, "the object has been modified; please apply your changes to the "
+                                                "latest version and try again")
+            if metadata.get("uid") and metadata["uid"] != current["uid"]:
+                raise _conflict(resource, name, f"Precondition failed: UID in precondition: {metadata['uid']}, UID "
+                                                f"in object meta: {current['uid']}")
+            spec, old_spec = new.setdefault("spec", {}), obj.get("spec") or {}
+            for key in SERVER_SET_SPEC.get(resource, ()):
+                if key in old_spec:
+                    spec.setdefault(key, old_spec[key])
+            for key in IMMUTABLE.get(resource, ()):
+                if spec.get(key) != old_spec.get(key):
+                    raise ApiError(422, "Invalid", f'{GROUPS.get(resource, "")}{resource[:-1].capitalize()} '
+                                   f'"{name}" is invalid: spec.{key}: Invalid value: field is immutable')
+            generation = current.get("generation", 1) + (1 if spec != old_spec else 0)
+            metadata.update(namespace=namespace, uid=current["uid"], creationTimestamp=current["creationTimestamp"],
+                            generation=generation)
+            new["status"] = obj.get("status") or {}
+            self.objects[(resource, namespace, name)] = new
+            return self._emit("MODIFIED", resource, namespace, new)
 
     def delete(
         self, resource: str, namespace: str, name: str, propagation: str | None = None, uid: str | None = None

@@ -3,6 +3,7 @@
 from typing import Any
 
 from app.core.manifests import inference_deployment, inference_service, training_job
+from app.core.revisions import Rollout
 from app.profiles import ModelProfile, load_profiles
 from app.settings import PROJECT_ROOT
 from models import HANDLERS
@@ -31,14 +32,20 @@ def training_task(task_id: str, profile_name: str = PROFILE, **request: Any) -> 
 
 
 def inference_task(
-    task_id: str, model_id: str, profile_name: str = PROFILE, use_gpu: bool = False
+    task_id: str, model_id: str, profile_name: str = PROFILE, use_gpu: bool = False, rollout: Rollout | None = None
 ) -> tuple[dict[str, Any], Manifests]:
-    """A deploy request (as the API stores it), its Deployment and its Service, in creation order."""
+    """A deploy request (as the API stores it), its Deployment and its Service, in creation order.
+    With `rollout` (app/core/revisions.py), the objects of its newest revision, as an update makes
+    them; without, a Deployment as made before revisions existed."""
     profile = PROFILES[profile_name]
     body = {"taskId": task_id, "modelId": model_id, "mlflowRunId": RUN_ID, "modelProfile": profile_name,
             "useGpu": use_gpu, "replicas": 1}
+    run_id = (rollout.newest.model.mlflow_run_id if rollout else None) or RUN_ID
     spec = ServeSpec(
-        task_id=task_id, model_id=model_id, model_uri=f"runs:/{RUN_ID}/model", model_profile=profile_name,
+        task_id=task_id, model_id=model_id, model_uri=f"runs:/{run_id}/model", model_profile=profile_name,
         handler=profile.handler, use_gpu=use_gpu,
     )
-    return body, [inference_deployment(spec, profile, use_gpu, 1, body), inference_service(spec, profile, body)]
+    replicas = rollout.replicas if rollout else 1
+    annotation = rollout.as_annotation() if rollout else None
+    return body, [inference_deployment(spec, profile, use_gpu, replicas, body, rollout=annotation),
+                  inference_service(spec, profile, body)]

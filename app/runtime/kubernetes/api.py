@@ -30,7 +30,7 @@ class Resource:
     api_group: str  # "" is the core group, as in RBAC rules
     plural: str
     api: type
-    method_suffix: str  # create_<suffix>, read_<suffix>, list_<suffix>, delete_<suffix>
+    method_suffix: str  # create_<suffix>, read_<suffix>, replace_<suffix>, list_<suffix>, delete_<suffix>
 
     def __str__(self) -> str:
         return f"{self.plural}.{self.api_group}" if self.api_group else self.plural
@@ -68,6 +68,14 @@ def raw_watch() -> watch.Watch:
 
 class ObjectExists(Exception):
     """Create answered 409: an object of that name is there already."""
+
+
+class ObjectGone(Exception):
+    """Replace answered 404: the object is not there any more."""
+
+
+class ObjectChanged(Exception):
+    """Replace answered 409: the object changed since its resourceVersion was read."""
 
 
 class WatchExpired(Exception):
@@ -194,6 +202,19 @@ class ClusterApi:
             if exc.status == 404:
                 return None
             raise self.translate("get", resource, exc) from exc
+
+    def replace(self, resource: Resource, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT the whole object. With `metadata.resourceVersion`, only over that version: a change
+        made meanwhile is ObjectChanged (409), a deleted object ObjectGone (404)."""
+        name = body["metadata"]["name"]
+        try:
+            return _json(self.call("update", resource, self._method(resource, "replace"), name, self.namespace, body))
+        except ApiException as exc:
+            if exc.status == 404:
+                raise ObjectGone(f"{resource} '{name}' is gone") from exc
+            if exc.status == 409:
+                raise ObjectChanged(_api_message(exc) or f"{resource} '{name}' changed") from exc
+            raise self.translate("update", resource, exc) from exc
 
     def list(
         self, resource: Resource, labels: dict[str, str] | None = None, fields: str | None = None

@@ -22,10 +22,11 @@ from app.core.manifests import (
     LABEL_TASK_KIND,
     MANAGED_BY,
     request_of,
+    rollout_of,
     task_selector,
 )
 from app.core.names import job_name
-from app.errors import MlopsError, TaskConflict
+from app.errors import MlopsError, TaskConflict, TaskNotFound
 from app.runtime.base import AlreadyExists, EndpointCache, WorkloadState
 from app.runtime.kubernetes.api import (
     DEPLOYMENTS,
@@ -35,7 +36,9 @@ from app.runtime.kubernetes.api import (
     RESOURCE_OF_KIND,
     SERVICES,
     ClusterApi,
+    ObjectChanged,
     ObjectExists,
+    ObjectGone,
     Resource,
     RetryPolicy,
 )
@@ -43,7 +46,16 @@ from app.runtime.kubernetes.connection import connect, predict_route
 from app.runtime.kubernetes.endpoint_watch import WATCHED, EndpointWatch
 from app.runtime.kubernetes.logs import LogFollower, read_task_log
 from app.runtime.kubernetes.routes import ApiServerProxyRoute, ServiceRoute
-from app.runtime.kubernetes.status import Phase, inference_phase, job_times, newest, parse_time, training_phase
+from app.runtime.kubernetes.status import (
+    Phase,
+    inference_phase,
+    job_times,
+    newest,
+    parse_time,
+    revision_status,
+    rollout_complete,
+    training_phase,
+)
 from app.schemas.inference import DeploymentStatus
 from app.schemas.training import TrainingStatus
 from app.settings import Settings
@@ -84,6 +96,32 @@ def _owned_by(manifest: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]
         "uid": owner["metadata"]["uid"],
     }
     return {**manifest, "metadata": {**manifest["metadata"], "ownerReferences": [reference]}}
+
+
+def _replacing(manifest: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """`manifest` as a PUT over `live`: only over the version read (`resourceVersion`, else 409) and
+    that incarnation (`uid`); what others keep in the metadata (the garbage collector's owner, a
+    finalizer, the Deployment controller's revision annotation, a label someone added) stays."""
+    metadata, current = manifest["metadata"], live["metadata"]
+    kept = {key: current[key] for key in ("uid", "resourceVersion", "ownerReferences", "finalizers") if key in current}
+    return {
+        **manifest,
+        "metadata": {
+            **metadata,
+            **kept,
+            "labels": {**(current.get("labels") or {}), **(metadata.get("labels") or {})},
+            "annotations": {**(current.get("annotations") or {}), **(metadata.get("annotations") or {})},
+        },
+    }
+
+
+def _covers(live: dict[str, Any], manifest: dict[str, Any]) -> bool:
+    """Whether `live` already has everything `manifest` sets in its labels, annotations and spec."""
+    for part in ("labels", "annotations"):
+        if not (manifest["metadata"].get(part) or {}).items() <= (live["metadata"].get(part) or {}).items():
+            return False
+    live_spec = live.get("spec") or {}
+    return all(live_spec.get(key) == value for key, value in (manifest.get("spec") or {}).items())
 
 
 class KubernetesRuntime:
@@ -191,6 +229,58 @@ class KubernetesRuntime:
             field="modelId" if kind == KIND_INFERENCE else "taskId",
         )
 
+    def update(self, kind: str, task_id: str, manifests: Objects, current: WorkloadState) -> WorkloadState:
+        """Replace the Deployment (its pod template: a new revision; its replicas); the cluster rolls
+        it out with the strategy the manifest carries (a new pod ready before an old one stops)."""
+        by_kind = {manifest["kind"]: manifest for manifest in manifests}
+        wanted = by_kind["Deployment"]
+        name = wanted["metadata"]["name"]
+        live = self.api.get(DEPLOYMENTS, name)
+        if live is None or not _belongs(live, kind, task_id):
+            raise TaskNotFound(f"no deployment '{task_id}': its Deployment '{name}' is gone", field="taskId")
+        # Changed since `current` was read: re-created, its spec (generation) or its revisions.
+        # The controller's status updates do not count: they change nothing an update decides on.
+        metadata = live["metadata"]
+        if (
+            metadata.get("uid") != current.uid
+            or metadata.get("generation") != current.extra.get("generation")
+            or rollout_of(live) != current.rollout
+        ):
+            raise self._changed_meanwhile(task_id, name)
+        try:
+            replaced = self.api.replace(DEPLOYMENTS, _replacing(wanted, live))
+        except ObjectGone:
+            raise TaskNotFound(f"no deployment '{task_id}': its Deployment '{name}' is gone", field="taskId") from None
+        except ObjectChanged:
+            raise self._changed_meanwhile(task_id, name) from None
+        self._watch.observe(DEPLOYMENTS, replaced)
+        if "Service" in by_kind:
+            self._update_service(by_kind["Service"])
+        return self._states(kind, [replaced], task_id=task_id)[0]
+
+    def _changed_meanwhile(self, task_id: str, name: str) -> TaskConflict:
+        return TaskConflict(
+            f"deployment '{task_id}' changed meanwhile (Deployment '{name}' in namespace '{self.namespace}' was "
+            f"updated by someone else); read it again and retry",
+            field="taskId",
+        )
+
+    def _update_service(self, wanted: dict[str, Any]) -> None:
+        """The Service records the request too: replaced only if it lacks what `wanted` sets. Its
+        cluster IP and the rest the cluster filled in stay (spec keys the manifest does not set)."""
+        live = self.api.get(SERVICES, wanted["metadata"]["name"])
+        if live is None or _covers(live, wanted):
+            return
+        body = _replacing(wanted, live)
+        body["spec"] = {**(live.get("spec") or {}), **(wanted.get("spec") or {})}
+        try:
+            replaced = self.api.replace(SERVICES, body)
+        except (ObjectGone, ObjectChanged) as exc:
+            # The Deployment (the new revision) is in: a Service changed or gone meanwhile is left to its owner.
+            log.warning("the Service %s was not updated: %s", wanted["metadata"]["name"], exc)
+            return
+        self._watch.observe(SERVICES, replaced)
+
     def _remove(self, made: Made) -> None:
         for resource, obj in reversed(made):
             try:
@@ -269,8 +359,11 @@ class KubernetesRuntime:
         """States of `objects` (Jobs or Deployments), with pods and events read only when they can tell more."""
         phase_of: PhaseOf = training_phase if kind == KIND_TRAINING else inference_phase
         phases = {id(obj): phase_of(obj, [], []) for obj in objects}
-        if pods is None and any(phase not in _SETTLED for phase, _ in phases.values()):
+        # Which revision serves is told by the pods while a rollout goes on.
+        rolling = kind == KIND_INFERENCE and not all(rollout_complete(obj) for obj in objects)
+        if pods is None and (rolling or any(phase not in _SETTLED for phase, _ in phases.values())):
             pods = self._pods_by_task(kind, task_id)
+        listed = pods is not None
         pods = pods or {}
         phases = {id(obj): phase_of(obj, pods.get(_labels(obj)[LABEL_TASK_ID], []), []) for obj in objects}
         if events is None and any(phase in _PENDING for phase, _ in phases.values()):
@@ -279,7 +372,12 @@ class KubernetesRuntime:
             phases = {
                 id(obj): phase_of(obj, pods.get(_labels(obj)[LABEL_TASK_ID], []), events) for obj in objects
             }
-        return [self._state(kind, obj, *phases[id(obj)]) for obj in objects]
+        states = [self._state(kind, obj, *phases[id(obj)]) for obj in objects]
+        if kind == KIND_INFERENCE:
+            for state, obj in zip(states, objects, strict=True):
+                task_pods = pods.get(state.task_id, []) if listed else None
+                state.serving_revision, state.revision_problem = revision_status(obj, task_pods)
+        return states
 
     def _pods_by_task(self, kind: str, task_id: str | None) -> PodsByTask:
         pods, _ = self.api.list(PODS, task_selector(kind, task_id))
@@ -302,5 +400,7 @@ class KubernetesRuntime:
             completion_time=completion_time,
             uid=metadata.get("uid", ""),
             ready_replicas=(obj.get("status") or {}).get("readyReplicas", 0) if kind == KIND_INFERENCE else None,
-            extra={"namespace": self.namespace, "name": metadata["name"]},
+            rollout=rollout_of(obj) if kind == KIND_INFERENCE else None,
+            # What update() checks to tell a change made meanwhile.
+            extra={"namespace": self.namespace, "name": metadata["name"], "generation": metadata.get("generation")},
         )

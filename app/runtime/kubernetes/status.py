@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from app.core.manifests import revision_of
 from app.schemas.inference import DeploymentStatus
 from app.schemas.training import TrainingStatus
 
@@ -233,3 +234,71 @@ def inference_phase(
         return DeploymentStatus.PENDING, "model server is starting (not ready yet: loading the model)"
     warning = warning_about(events, [pod])
     return DeploymentStatus.PENDING, warning or f"model server pod {not_started_reason(pod)}"
+
+
+# -- revisions: which one serves, and why the newest one does not yet ----------------------------
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    # A terminating pod is leaving the endpoints whatever its probe says.
+    return "Ready" in _true_conditions(pod) and not pod.get("metadata", {}).get("deletionTimestamp")
+
+
+def _revision(obj: dict[str, Any]) -> int:
+    # A Deployment made before revisions existed labels no revision: it serves revision 1.
+    return revision_of(obj) or 1
+
+
+def rollout_complete(deployment: dict[str, Any]) -> bool:
+    """Whether the controller has seen the newest spec and every replica runs the newest template
+    and is available (as `kubectl rollout status` judges it): no old pod is left to look at."""
+    status, metadata = _status(deployment), deployment.get("metadata", {})
+    replicas = (deployment.get("spec") or {}).get("replicas", 1)
+    return (
+        (status.get("observedGeneration") or 0) >= (metadata.get("generation") or 0)
+        and (status.get("updatedReplicas") or 0) == (status.get("replicas") or 0) == replicas
+        and (status.get("availableReplicas") or 0) == replicas
+    )
+
+
+def _last_error(pod: dict[str, Any]) -> str | None:
+    """A container that ended with an error and is not (yet) in a crash loop: 'container server exited ...'."""
+    for container in _container_statuses(pod):
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated and terminated.get("exitCode", 0) != 0:
+            name = container.get("name", "")
+            return f"container {name} {describe_termination(pod, name, terminated)}"
+    return None
+
+
+def revision_status(deployment: dict[str, Any], pods: Sequence[dict[str, Any]] | None) -> tuple[int | None, str | None]:
+    """The revision whose model servers answer now (the newest one with a ready pod), and why the
+    Deployment's newest revision does not serve yet when it cannot start. `pods` is None when the
+    rollout is complete and they were not read: then the template's revision serves if available."""
+    newest_revision = _revision(deployment["spec"]["template"])
+    if pods is None:
+        available = (_status(deployment).get("availableReplicas") or 0) > 0
+        return (newest_revision if available else None), None
+    ready = {_revision(pod) for pod in pods if _pod_ready(pod)}
+    serving = max(ready, default=None)
+    if newest_revision in ready:
+        return serving, None
+    mine = sorted((p for p in pods if _revision(p) == newest_revision),
+                  key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "", reverse=True)
+    for pod in mine:
+        trouble = pod_trouble(pod)
+        if trouble is not None:
+            return serving, trouble.message
+        error = _last_error(pod)
+        if error is not None:
+            return serving, error
+    # No pod to blame: the controller cannot make one (a quota with no room for the extra pod),
+    # or the rollout ran out of time.
+    conditions = _conditions(deployment)
+    failure = conditions.get("ReplicaFailure")
+    if failure is not None and failure.get("status") == "True":
+        return serving, f"{failure.get('reason', 'ReplicaFailure')}: {failure.get('message', '')}"
+    progressing = conditions.get("Progressing")
+    if progressing and progressing.get("status") == "False" and progressing.get("reason") == "ProgressDeadlineExceeded":
+        return serving, f"ProgressDeadlineExceeded: {progressing.get('message', '')}"
+    return serving, None
