@@ -98,7 +98,7 @@ class DeploymentService:
                                            ("modelReference", choice.model_reference)) if value is not None]
         if len(sources) != 1:
             raise InvalidSpec("give exactly one of mlflowRunId, modelName (with modelVersion or modelAlias) or "
-                              "modelReference", field=sources[1] if sources[1:] else "mlflowRunId")
+                              "modelReference", field=sources[0] if sources else "mlflowRunId")
         if choice.model_name is None and (choice.model_version or choice.model_alias):
             raise InvalidSpec("modelVersion and modelAlias name a version of modelName; give modelName",
                               field="modelName")
