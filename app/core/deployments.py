@@ -5,7 +5,13 @@ from pathlib import Path
 from typing import Any
 
 from app.core.blocking import run_blocking
-from app.core.manifests import KIND_INFERENCE, ClusterRefs, inference_deployment, inference_service
+from app.core.manifests import (
+    KIND_INFERENCE,
+    ClusterRefs,
+    inference_autoscaler,
+    inference_deployment,
+    inference_service,
+)
 from app.core.names import id_problem, inference_name
 from app.core.requests import check_same_request
 from app.core.revisions import Rollout, first_rollout, revision_states, rollout_of_state
@@ -53,9 +59,32 @@ class DeploymentService:
         return profile
 
     def _manifests(self, request: dict[str, Any], profile: ModelProfile, rollout: Rollout) -> list[dict[str, Any]]:
-        """The Deployment and Service of the newest revision of `rollout`."""
+        """The stable revision's Deployment and Service; the canary's, while one runs; the
+        HorizontalPodAutoscaler, when the replicas follow the load. A runtime makes exactly these
+        (and removes a canary or an autoscaler that is not among them)."""
+        stable = rollout.find(rollout.revision)
+        assert stable is not None
+        spec = self._serve_spec(request, profile, stable.model)
+        use_gpu = request.get("useGpu", False)
+        objects = [
+            inference_deployment(spec, profile, use_gpu, rollout.replicas, request, self.refs, rollout.as_annotation()),
+            inference_service(spec, profile, request),
+        ]
+        if rollout.canary is not None:
+            canary = rollout.find(rollout.canary.revision)
+            assert canary is not None
+            canary_spec = self._serve_spec(request, profile, canary.model)
+            objects += [
+                inference_deployment(canary_spec, profile, use_gpu, 1, request, self.refs,
+                                     canary_revision=canary.revision),
+                inference_service(canary_spec, profile, request, canary=True),
+            ]
+        if rollout.autoscaling is not None:
+            objects.append(inference_autoscaler(spec, profile, request, rollout.autoscaling))
+        return objects
+
+    def _serve_spec(self, request: dict[str, Any], profile: ModelProfile, model: ServedModel) -> ServeSpec:
         assert profile.inference is not None
-        model = rollout.newest.model
         if model.model_name and model.model_version:
             model_uri = f"models:/{model.model_name}/{model.model_version}"
         elif model.mlflow_run_id:
@@ -63,7 +92,7 @@ class DeploymentService:
         else:
             model_uri = None
         llm = profile.llm
-        spec = ServeSpec(
+        return ServeSpec(
             task_id=request["taskId"],
             model_id=request["modelId"],
             model_uri=model_uri,
@@ -76,11 +105,6 @@ class DeploymentService:
             served_model_name=request["modelId"] if llm else None,
             model_cache_dir=llm.model_cache.mount_path if llm else None,
         )
-        use_gpu = request.get("useGpu", False)
-        return [
-            inference_deployment(spec, profile, use_gpu, rollout.replicas, request, self.refs, rollout.as_annotation()),
-            inference_service(spec, profile, request),
-        ]
 
     async def plan(self, request: DeployRequest, check_runs: bool = True
                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -184,9 +208,12 @@ class DeploymentService:
                      ) -> DeploymentTask | list[dict[str, Any]]:
         """A new model becomes a new revision, rolled out with no failed request; `replicas` scales.
         With dry_run, the objects the update would make, and nothing changes."""
-        if not change.chosen() and change.replicas is None and change.promote_alias is None:
+        if change.replicas is not None and change.autoscaling is not None:
+            raise InvalidSpec("give replicas (a fixed number) or autoscaling, not both", field="autoscaling")
+        if not change.model_fields_set - {"promote_alias"} and change.promote_alias is None:
             raise InvalidSpec("nothing to change: give a model (mlflowRunId, modelName with modelVersion or "
-                              "modelAlias, or modelReference), replicas, or promoteAlias", field="replicas")
+                              "modelAlias, or modelReference), replicas, autoscaling or promoteAlias",
+                              field="replicas")
         state = await self._existing(task_id)
         profile = self._serving_profile(state.request["modelProfile"])
         rollout = rollout_of_state(state)
@@ -194,7 +221,11 @@ class DeploymentService:
             model = await self.resolve(change, profile)
             rollout = rollout.with_revision(model, "updated")
         if change.replicas is not None:
-            rollout = rollout.model_copy(update={"replicas": change.replicas})
+            rollout = rollout.model_copy(update={"replicas": change.replicas, "autoscaling": None})
+        if "autoscaling" in change.model_fields_set:
+            autoscaling = change.autoscaling.model_dump(mode="json") if change.autoscaling else None
+            replicas = change.autoscaling.min_replicas if change.autoscaling else rollout.replicas
+            rollout = rollout.model_copy(update={"autoscaling": autoscaling, "replicas": replicas})
         if change.promote_alias is not None:
             rollout = await self._promotion(rollout, change.promote_alias, dry_run)
         return await self._apply(state, profile, rollout, dry_run)

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from app.core.names import inference_name, job_name
+from app.core.names import canary_name, inference_name, job_name
 from app.profiles import ModelProfile, Resources
 from models.spec import QLORA_ENV, SERVE_PORT_ENV, SERVE_SPEC_ENV, TRAIN_SPEC_ENV, ServeSpec, TrainSpec
 
@@ -31,6 +31,10 @@ LABEL_REVISION = "mlops.dev/revision"
 
 KIND_TRAINING = "training"
 KIND_INFERENCE = "inference"
+# The task-kind label of a canary's Deployment, pods and Service: a value the stable Deployment's
+# and Service's selectors (task-kind "inference") never match, so each selects only its own pods.
+# A canary belongs to its task (same task-id label); it is not a task of its own.
+KIND_CANARY = "inference-canary"
 
 # Workload images run as this unprivileged user (see docker/).
 RUN_AS_USER = 10001
@@ -266,12 +270,16 @@ def inference_deployment(
     request: dict[str, Any],
     refs: ClusterRefs = ClusterRefs(),
     rollout: dict[str, Any] | None = None,
+    canary_revision: int | None = None,
 ) -> dict[str, Any]:
     """The apps/v1 Deployment that runs script/serve.py for one model. `rollout` is the revision
-    history (app/core/revisions.py); its newest revision labels the pods."""
+    history (app/core/revisions.py); its newest revision labels the pods. With `canary_revision`,
+    the canary's Deployment instead: that revision's model, under the canary's name and labels
+    (it records no history: the stable Deployment does)."""
     assert profile.inference is not None
-    name = inference_name(spec.model_id)
-    labels = _labels(KIND_INFERENCE, spec.task_id, profile.name, spec.model_id)
+    kind = KIND_INFERENCE if canary_revision is None else KIND_CANARY
+    name = inference_name(spec.model_id) if canary_revision is None else canary_name(spec.model_id)
+    labels = _labels(kind, spec.task_id, profile.name, spec.model_id)
     port = profile.inference.port
     env = [
         {"name": SERVE_SPEC_ENV, "value": spec.model_dump_json()},
@@ -300,10 +308,10 @@ def inference_deployment(
     container["livenessProbe"] = _http_probe(LIVENESS_PATH, period=10, failures=3)
     container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}}
     drain = LLM_DRAIN_SECONDS if profile.llm else DRAIN_SECONDS
-    selector = task_selector(KIND_INFERENCE, spec.task_id)
+    selector = task_selector(kind, spec.task_id)
     metadata = _metadata(name, labels, request, spec.served_model_name)
-    revision = (rollout or {}).get("revision", 1)
-    if rollout is not None:
+    revision = canary_revision or (rollout or {}).get("revision", 1)
+    if rollout is not None and canary_revision is None:
         metadata["annotations"][ANNOTATION_ROLLOUT] = json.dumps(rollout, sort_keys=True, separators=(",", ":"))
     return {
         "apiVersion": "apps/v1",
@@ -330,18 +338,49 @@ def scrape_annotations(port: int, path: str = "/metrics") -> dict[str, str]:
     return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": path}
 
 
-def inference_service(spec: ServeSpec, profile: ModelProfile, request: dict[str, Any]) -> dict[str, Any]:
-    """The v1 Service in front of the model's pods; the predict proxy targets it."""
+def inference_service(spec: ServeSpec, profile: ModelProfile, request: dict[str, Any], canary: bool = False
+                      ) -> dict[str, Any]:
+    """The v1 Service in front of the model's pods (or the canary's); the predict proxy targets it."""
     assert profile.inference is not None
-    labels = _labels(KIND_INFERENCE, spec.task_id, profile.name, spec.model_id)
+    kind = KIND_CANARY if canary else KIND_INFERENCE
+    name = canary_name(spec.model_id) if canary else inference_name(spec.model_id)
+    labels = _labels(kind, spec.task_id, profile.name, spec.model_id)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(inference_name(spec.model_id), labels, request, spec.served_model_name),
+        "metadata": _metadata(name, labels, request, spec.served_model_name),
         "spec": {
             "type": "ClusterIP",
-            "selector": task_selector(KIND_INFERENCE, spec.task_id),
+            "selector": task_selector(kind, spec.task_id),
             "ports": [{"name": HTTP_PORT_NAME, "port": SERVICE_PORT, "targetPort": HTTP_PORT_NAME, "protocol": "TCP"}],
+        },
+    }
+
+
+# vLLM's queue length per pod, as a metrics adapter (e.g. prometheus-adapter) names vLLM's
+# `vllm:num_requests_waiting` for the custom metrics API.
+WAITING_REQUESTS_METRIC = "vllm_num_requests_waiting"
+
+
+def inference_autoscaler(spec: ServeSpec, profile: ModelProfile, request: dict[str, Any],
+                         autoscaling: dict[str, Any]) -> dict[str, Any]:
+    """The autoscaling/v2 HorizontalPodAutoscaler of the model's Deployment (`autoscaling` is the
+    API's Autoscaling, camelCase): CPU utilisation, and vLLM's waiting requests where asked."""
+    name = inference_name(spec.model_id)
+    metrics: list[dict[str, Any]] = [{"type": "Resource", "resource": {"name": "cpu", "target": {
+        "type": "Utilization", "averageUtilization": autoscaling.get("targetCpuUtilization", 70)}}}]
+    if autoscaling.get("targetWaitingRequests"):
+        metrics.append({"type": "Pods", "pods": {"metric": {"name": WAITING_REQUESTS_METRIC}, "target": {
+            "type": "AverageValue", "averageValue": str(autoscaling["targetWaitingRequests"])}}})
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(name, _labels(KIND_INFERENCE, spec.task_id, profile.name, spec.model_id), request),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": autoscaling.get("minReplicas", 1),
+            "maxReplicas": autoscaling["maxReplicas"],
+            "metrics": metrics,
         },
     }
 

@@ -1,5 +1,6 @@
 """Name rules: task and model ids become Kubernetes object names, so they must be DNS-1123 labels."""
 
+import hashlib
 import re
 
 # Objects get a short prefix so that a user's id can never take the name of a platform object
@@ -35,3 +36,16 @@ def job_name(task_id: str) -> str:
 def inference_name(model_id: str) -> str:
     """Name of both the Deployment and the Service that serve `model_id`."""
     return INFERENCE_PREFIX + model_id
+
+
+CANARY_PREFIX = "canary-"
+
+
+def canary_name(model_id: str) -> str:
+    """Name of the canary Deployment and Service of `model_id` (a second revision taking part of
+    its traffic); an id too long for the prefix is shortened with a hash, so names stay unique."""
+    name = CANARY_PREFIX + model_id
+    if len(name) <= MAX_NAME_LENGTH:
+        return name
+    digest = hashlib.sha256(model_id.encode()).hexdigest()[:6]
+    return f"{CANARY_PREFIX}{model_id[:MAX_NAME_LENGTH - len(CANARY_PREFIX) - 7].rstrip('-')}-{digest}"

@@ -23,15 +23,38 @@ class RevisionRecord(CamelModel):
     model: ServedModel
     created_at: datetime
     cause: str
+    # Why a canary of this revision was aborted, if it was.
+    aborted: str | None = None
     promoted_alias: str | None = None
     # The version the promoted alias named before (None: it named none), for a rollback to restore.
     alias_was: str | None = None
 
 
+class AutoAbort(CamelModel):
+    """When the control plane aborts a canary by itself: over the last `window_seconds`, once it
+    has answered at least `min_requests`, a share of 5xx answers above `max_error_ratio` or a p99
+    latency above `max_p99_seconds`."""
+
+    max_error_ratio: float = Field(default=0.05, ge=0, le=1)
+    max_p99_seconds: float = Field(default=1.0, gt=0)
+    window_seconds: float = Field(default=60.0, ge=5, le=3600)
+    min_requests: int = Field(default=20, ge=1)
+
+
+class CanaryRecord(CamelModel):
+    revision: int  # a revision of `history`, served beside the stable one
+    weight: int = Field(ge=1, le=99)  # percent of predicts
+    auto_abort: AutoAbort | None = None
+    started_at: datetime
+
+
 class Rollout(CamelModel):
-    revision: int  # the newest revision's number
+    revision: int  # the newest stable revision's number (the pod template's)
     replicas: int
     history: list[RevisionRecord] = Field(default_factory=list)
+    canary: CanaryRecord | None = None
+    # The HorizontalPodAutoscaler's settings, when the replicas follow the load.
+    autoscaling: dict | None = None
 
     @property
     def newest(self) -> RevisionRecord:
@@ -42,10 +65,27 @@ class Rollout(CamelModel):
 
     def with_revision(self, model: ServedModel, cause: str, promoted_alias: str | None = None,
                       alias_was: str | None = None) -> "Rollout":
-        record = RevisionRecord(revision=self.revision + 1, model=model, created_at=datetime.now(UTC), cause=cause,
-                                promoted_alias=promoted_alias, alias_was=alias_was)
-        return Rollout(revision=record.revision, replicas=self.replicas,
-                       history=[*self.history, record][-KEPT_REVISIONS:])
+        """A new stable revision serving `model`."""
+        record = self.new_record(model, cause, promoted_alias, alias_was)
+        return self.model_copy(update={"revision": record.revision, "history": self._kept([*self.history, record])})
+
+    def new_record(self, model: ServedModel, cause: str, promoted_alias: str | None = None,
+                   alias_was: str | None = None) -> RevisionRecord:
+        number = max(record.revision for record in self.history) + 1 if self.history else 1
+        return RevisionRecord(revision=number, model=model, created_at=datetime.now(UTC), cause=cause,
+                              promoted_alias=promoted_alias, alias_was=alias_was)
+
+    def _kept(self, history: list[RevisionRecord]) -> list[RevisionRecord]:
+        """The last KEPT_REVISIONS, and always the stable and the canary revisions."""
+        needed = {self.revision, *([self.canary.revision] if self.canary else [])}
+        extra = len(history) - KEPT_REVISIONS
+        kept = []
+        for record in history:
+            if extra > 0 and record.revision not in needed:
+                extra -= 1
+                continue
+            kept.append(record)
+        return kept
 
     def as_annotation(self) -> dict:
         return self.model_dump(mode="json", exclude_none=True)

@@ -27,6 +27,9 @@ class WorkloadState:
     rollout: dict[str, Any] | None = None
     serving_revision: int | None = None
     revision_problem: str | None = None
+    # Inference with a canary: its model servers passing readiness, and why they do not.
+    canary_ready_replicas: int | None = None
+    canary_problem: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,24 +76,53 @@ class Endpoint:
     # A language model's name on its server (OpenAI's "model"), as the deployment records it; the
     # data plane sends it for the specification's predict route. None for other models.
     served_model_name: str | None = None
+    # The revision whose model this server answers with (the answer's X-Mlops-Revision header).
+    revision: int | None = None
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A second revision of a deployment taking `weight` percent of its predicts."""
+
+    endpoint: Endpoint
+    weight: int
 
 
 class EndpointCache:
-    """Inference endpoints by task id, kept in memory by the runtime: no lookup per predict."""
+    """Inference endpoints by task id, kept in memory by the runtime: no lookup per predict. A
+    task's entry is its stable revision's; a canary, when one runs, is kept beside it."""
 
     def __init__(self) -> None:
         self._endpoints: dict[str, Endpoint] = {}
+        self._canaries: dict[str, Canary] = {}
 
     def get(self, task_id: str) -> Endpoint | None:
         return self._endpoints.get(task_id)
+
+    def canary(self, task_id: str) -> Canary | None:
+        return self._canaries.get(task_id)
+
+    def put_canary(self, task_id: str, canary: Canary | None) -> None:
+        if canary is None:
+            self._canaries.pop(task_id, None)
+        else:
+            self._canaries[task_id] = canary
 
     def put(self, endpoint: Endpoint) -> None:
         self._endpoints[endpoint.task_id] = endpoint
 
     def remove(self, task_id: str) -> None:
         self._endpoints.pop(task_id, None)
+        self._canaries.pop(task_id, None)
 
-    def mark_unready(self, task_id: str, message: str) -> None:
+    def mark_unready(self, task_id: str, message: str, base_url: str | None = None) -> None:
+        """Take a task's model server out of rotation (the canary's, when `base_url` is its)."""
+        canary = self._canaries.get(task_id)
+        if canary is not None and base_url is not None and canary.endpoint.base_url == base_url:
+            if canary.endpoint.ready:
+                self._canaries[task_id] = replace(canary, endpoint=replace(canary.endpoint, ready=False,
+                                                                           message=message))
+            return
         endpoint = self._endpoints.get(task_id)
         if endpoint is not None and endpoint.ready:
             self._endpoints[task_id] = replace(endpoint, ready=False, message=message)

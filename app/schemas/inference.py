@@ -3,7 +3,7 @@
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from app.schemas.common import CamelModel, KubernetesId, StrictCamelModel
 
@@ -37,12 +37,32 @@ class DeployRequest(ModelChoice):
     replicas: int | None = Field(default=None, ge=1, le=64)
 
 
+class Autoscaling(StrictCamelModel):
+    """Replicas that follow the load: a HorizontalPodAutoscaler (autoscaling/v2) on a cluster."""
+
+    min_replicas: int = Field(default=1, ge=1, le=64)
+    max_replicas: int = Field(ge=1, le=64)
+    # Average CPU use of the model servers, in percent of their CPU request, that the autoscaler keeps.
+    target_cpu_utilization: int = Field(default=70, ge=1, le=100)
+    # Language models: vLLM's waiting requests per replica (vllm:num_requests_waiting); needs a
+    # metrics adapter (e.g. prometheus-adapter) serving it as a pods metric.
+    target_waiting_requests: int | None = Field(default=None, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Autoscaling":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"maxReplicas ({self.max_replicas}) must not be below minReplicas ({self.min_replicas})")
+        return self
+
+
 class DeploymentUpdate(ModelChoice):
     """PATCH: a new model makes a new revision, rolled out with no failed request; `replicas`
     changes the number of model servers. `promoteAlias` points that MLflow alias of the served
     registered model at the new revision's version."""
 
     replicas: int | None = Field(default=None, ge=1, le=64)
+    # Replicas that follow the load instead of a fixed number; null turns it off again.
+    autoscaling: Autoscaling | None = None
     promote_alias: str | None = AliasName
 
 
