@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from app import shutdown
 from app.access_log import AccessLog, AccessLogMiddleware
 from app.core.auth import Authenticator, authenticator_from
+from app.core.canary_guard import CanaryGuard
 from app.core.deployments import DeploymentService
 from app.core.manifests import ClusterRefs
 from app.core.tracking import Tracking
@@ -15,6 +16,7 @@ from app.core.training import TrainingService
 from app.dataplane import DataPlane, UpstreamClient
 from app.dataplane.admission import Admission
 from app.dataplane.plane import DataPlaneRoutes
+from app.dataplane.revision_stats import RevisionStats
 from app.dataplane.routes import openapi_paths
 from app.errors import install_error_handlers
 from app.metrics import RequestMetrics
@@ -93,16 +95,21 @@ def create_app(
     refs = ClusterRefs(config_map=settings.config_map_name, s3_secret=settings.s3_secret_name)
     access_log = AccessLog(settings.access_log)
     request_metrics = RequestMetrics()
+    revision_stats = RevisionStats()
     data_plane = DataPlane(Admission(runtime.endpoints, profiles, authenticator, settings.max_predict_body_bytes),
-                           UpstreamClient(), access_log, request_metrics)
+                           UpstreamClient(), access_log, request_metrics, revision_stats)
+    deployments = DeploymentService(runtime, profiles, tracking, refs, revision_stats)
+    guard = CanaryGuard(deployments, runtime.endpoints, revision_stats)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         shutdown.watch_signals()
         await runtime.start()
+        guard.start()
         try:
             yield
         finally:
+            await guard.stop()
             await data_plane.close()
             await runtime.close()
 
@@ -117,7 +124,7 @@ def create_app(
     app.state.runtime = runtime
     app.state.data_plane = data_plane
     app.state.training = TrainingService(runtime, profiles, tracking, refs)
-    app.state.deployments = DeploymentService(runtime, profiles, tracking, refs)
+    app.state.deployments = deployments
     install_error_handlers(app)
     # Added last = outermost. A caller without a token is refused before its body is read; the
     # data plane, outermost, admits its own calls by the same rules (app/dataplane/admission.py).

@@ -70,6 +70,16 @@ class TrainerSettings(_Strict):
         return image == self.image or any(fnmatchcase(image, p) for p in self.allowed_images)
 
 
+class CanaryAutoAbort(_Strict):
+    """A canary asked to abort by itself does so when, over the last window_seconds and once it
+    has answered min_requests, its share of 5xx answers or its p99 latency goes above these."""
+
+    max_error_ratio: float = Field(default=0.05, ge=0, le=1)
+    max_p99_seconds: float = Field(default=1.0, gt=0)
+    window_seconds: float = Field(default=60.0, ge=5, le=3600)
+    min_requests: int = Field(default=20, ge=1)
+
+
 class InferenceSettings(_Strict):
     # The image of pods with a GPU (useGpu), and of every pod unless cpu_image is set.
     image: str
@@ -88,6 +98,8 @@ class InferenceSettings(_Strict):
     # Largest predict request the proxy forwards, in bytes, and most rows the server accepts.
     max_request_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_rows: int = Field(default=10_000, ge=1)
+    # The thresholds of a canary's autoAbort, where the request leaves them out.
+    canary_auto_abort: CanaryAutoAbort = CanaryAutoAbort()
 
 
 # Arguments script/llm_server.py gives vLLM itself; a profile's extra_args may not repeat them.

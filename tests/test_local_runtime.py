@@ -21,8 +21,7 @@ def test_a_claim_becomes_a_shared_directory_and_env_paths_follow_it(tmp_path: Pa
     _, manifests = plan_deployment(service, DeployRequest.model_validate({
         "taskId": "chat", "modelId": "chat", "modelReference": "/models/base", "modelProfile": "llm_chat"}))
     runtime = LocalRuntime(tmp_path / "data", {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"})
-    record = {"manifests": manifests}
-    process = runtime._process_spec("inference", tmp_path / "task", record, 40123)
+    process = runtime._process_spec("inference", tmp_path / "task", manifests[0], 40123)
     volume = tmp_path / "data" / "volumes" / "mlops-model-cache"
     assert volume.is_dir()
     assert process["env"]["HF_HOME"] == f"{volume}/huggingface"

@@ -217,3 +217,100 @@ def test_refused_changes_change_nothing_and_dry_runs_neither(api, versions: dict
         assert client.get(f"{DEPLOYMENTS}/{TASK}/revisions").json() == before
         assert client.get(f"{DEPLOYMENTS}/{TASK}").json()["replicas"] == 1
         assert alias_version(mlflow_uri) == champion
+
+
+class RevisionLoad(Load):
+    """Load that keeps which revision answered each predict (the X-Mlops-Revision header)."""
+
+    def __init__(self, url: str, threads: int = 4):
+        super().__init__(url, threads)
+        self.revisions: list[tuple[int, str | None]] = []
+
+    def _loop(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self.stop.is_set():
+                response = client.post(f"/api/v1/inference/{TASK}/predict", json=SEED_PREDICT_BODY)
+                with self.lock:
+                    self.answers.append((response.status_code, response.text))
+                    self.revisions.append((response.status_code, response.headers.get("x-mlops-revision")))
+
+    def shares(self, since: int) -> dict[str | None, int]:
+        counts: dict[str | None, int] = {}
+        for _, revision in self.revisions[since:]:
+            counts[revision] = counts.get(revision, 0) + 1
+        return counts
+
+
+def test_canary_split_promotion_and_an_aborted_canary_under_load(api_factory, versions: dict[str, str],
+                                                                 mlflow_uri: str) -> None:
+    MlflowClient(mlflow_uri).set_registered_model_alias(REGISTERED, "champion", "1")
+    api = api_factory()
+    with api.client() as client:
+        assert client.post(DEPLOYMENTS, json={"taskId": TASK, "modelId": "houses-canary", "modelName": REGISTERED,
+                                              "modelVersion": "1", "modelProfile": "tabular_regression"}
+                           ).status_code == 201
+        wait_for_deployment(client, TASK)
+        with RevisionLoad(api.url) as load:
+            started = client.post(f"{DEPLOYMENTS}/{TASK}/canary", json={
+                "modelName": REGISTERED, "modelVersion": "2", "trafficPercent": 20})
+            assert started.status_code == 202, started.text
+            assert started.json()["canary"]["revision"] == 2 and started.json()["canary"]["weight"] == 20
+            again = client.post(f"{DEPLOYMENTS}/{TASK}/canary", json={"mlflowRunId": versions["1"],
+                                                                      "trafficPercent": 5})
+            assert again.status_code == 409  # one canary at a time
+            wait_until(lambda: client.get(f"{DEPLOYMENTS}/{TASK}").json()["canary"]["readyReplicas"] == 1,
+                       timeout=90, what="the canary to be ready")
+            wait_until(lambda: "2" in load.shares(0), timeout=30, what="a first answer from the canary")
+            mark = len(load.revisions)
+            wait_until(lambda: len(load.revisions) - mark >= 400, timeout=120, what="400 predicts")
+            shares = load.shares(mark)
+            assert set(shares) == {"1", "2"}, shares
+            assert 0.10 <= shares["2"] / sum(shares.values()) <= 0.30, shares
+            status = client.get(f"{DEPLOYMENTS}/{TASK}").json()
+            traffic = {item["revision"]: item for item in status["traffic"]}
+            assert traffic[1]["weight"] == 80 and traffic[2]["weight"] == 20
+            assert traffic[2]["requests"] > 0 and traffic[2]["errorRatio"] == 0
+
+            assert client.patch(f"{DEPLOYMENTS}/{TASK}/canary", json={"trafficPercent": 60}).status_code == 202
+            assert client.get(f"{DEPLOYMENTS}/{TASK}").json()["canary"]["weight"] == 60
+            listed = client.get(f"{DEPLOYMENTS}/{TASK}/revisions").json()["items"]
+            assert [(i["revision"], i["state"]) for i in listed] == [(2, "Canary"), (1, "Serving")]
+
+            promoted = client.post(f"{DEPLOYMENTS}/{TASK}/canary/promote")
+            assert promoted.status_code == 202, promoted.text
+            assert promoted.json()["revision"] == 2 and promoted.json()["canary"] is None
+            assert alias_version(mlflow_uri) == "2"  # promotion moved the alias
+            wait_until(lambda: revisions(client)[:2] == [(2, "Serving"), (1, "Retired")], timeout=60,
+                       what="revision 2 to serve alone")
+            time.sleep(1)
+            mark = len(load.revisions)
+            wait_until(lambda: len(load.revisions) - mark >= 50, timeout=60, what="50 predicts")
+            assert load.shares(mark) == {"2": len(load.revisions) - mark}
+
+            # A canary that breaks its latency threshold (every call is slower than 0.1 ms) is aborted
+            # by the control plane within its window; the stable revision answers throughout.
+            slow = client.post(f"{DEPLOYMENTS}/{TASK}/canary", json={
+                "modelName": REGISTERED, "modelVersion": "1", "trafficPercent": 30,
+                "autoAbort": {"maxP99Seconds": 0.0001, "windowSeconds": 10, "minRequests": 10}})
+            assert slow.status_code == 202, slow.text
+            aborted = wait_until(lambda: (items := client.get(f"{DEPLOYMENTS}/{TASK}/revisions").json()["items"])
+                                 and items[0]["state"] == "Retired" and items[0]["message"] and items[0], timeout=120,
+                                 what="the canary to be aborted")
+            assert aborted["revision"] == 3 and "aborted by the control plane" in aborted["message"]
+            assert "p99 latency" in aborted["message"]
+            assert client.get(f"{DEPLOYMENTS}/{TASK}").json()["canary"] is None
+        assert {code for code, _ in load.revisions} == {200}, load.shares(0)
+
+        # An API restart during a canary keeps both revisions and the weight.
+        assert client.post(f"{DEPLOYMENTS}/{TASK}/canary", json={
+            "modelName": REGISTERED, "modelVersion": "1", "trafficPercent": 50}).status_code == 202
+        wait_until(lambda: client.get(f"{DEPLOYMENTS}/{TASK}").json()["canary"]["readyReplicas"] == 1, timeout=90,
+                   what="the new canary to be ready")
+    api.stop()
+    with api_factory().client() as client:
+        status = wait_until(lambda: (s := client.get(f"{DEPLOYMENTS}/{TASK}").json())["canary"]["readyReplicas"]
+                            and s, timeout=30, what="the canary after a restart")
+        assert status["revision"] == 2 and status["canary"]["revision"] == 4 and status["canary"]["weight"] == 50
+        served = {client.post(f"/api/v1/inference/{TASK}/predict", json=SEED_PREDICT_BODY).headers["x-mlops-revision"]
+                  for _ in range(40)}
+        assert served == {"2", "4"}

@@ -1,6 +1,7 @@
 """Inference tasks: check the MLflow run, build the Deployment and Service, hand them to the runtime."""
 
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +15,26 @@ from app.core.manifests import (
 )
 from app.core.names import id_problem, inference_name
 from app.core.requests import check_same_request
-from app.core.revisions import Rollout, first_rollout, revision_states, rollout_of_state
+from app.core.revisions import AutoAbort, CanaryRecord, Rollout, first_rollout, revision_states, rollout_of_state
 from app.core.tracking import Tracking
 from app.core.training import find_profile
+from app.dataplane.revision_stats import RevisionStats
 from app.errors import Forbidden, InvalidSpec, TaskConflict, TaskNotFound
 from app.profiles import ModelProfile
 from app.runtime.base import AlreadyExists, LogGone, Runtime, WorkloadState
 from app.schemas.inference import (
+    AutoAbortRequest,
+    CanaryPromotion,
+    CanaryRequest,
+    CanaryStatus,
+    CanaryWeight,
     DeploymentStatus,
     DeploymentTask,
     DeploymentUpdate,
     DeployRequest,
     ModelChoice,
     RevisionList,
+    RevisionTraffic,
     RollbackRequest,
     ServedModel,
 )
@@ -44,11 +52,14 @@ def predict_path(task_id: str) -> str:
 
 
 class DeploymentService:
-    def __init__(self, runtime: Runtime, profiles: dict[str, ModelProfile], tracking: Tracking, refs: ClusterRefs):
+    def __init__(self, runtime: Runtime, profiles: dict[str, ModelProfile], tracking: Tracking, refs: ClusterRefs,
+                 revisions: RevisionStats | None = None):
         self.runtime = runtime
         self.profiles = profiles
         self.tracking = tracking
         self.refs = refs
+        # What each revision answered lately (the data plane records it): the status's traffic.
+        self.revision_stats = revisions or RevisionStats()
 
     def _serving_profile(self, name: str) -> ModelProfile:
         profile = find_profile(self.profiles, name)
@@ -238,10 +249,11 @@ class DeploymentService:
         profile = self._serving_profile(state.request["modelProfile"])
         rollout = rollout_of_state(state)
         if body.revision is None:
-            if len(rollout.history) < 2:
+            previous = rollout.previous()
+            if previous is None:
                 raise TaskNotFound(f"deployment '{task_id}' has no revision before {rollout.revision}",
                                    field="revision")
-            target = rollout.history[-2]
+            target = previous
         else:
             found = rollout.find(body.revision)
             if found is None:
@@ -249,6 +261,9 @@ class DeploymentService:
                 raise TaskNotFound(f"deployment '{task_id}' has no revision {body.revision} (kept: {kept})",
                                    field="revision")
             target = found
+        if rollout.canary is not None:
+            raise TaskConflict(f"deployment '{task_id}' runs a canary (revision {rollout.canary.revision}); "
+                               "promote it or delete it before a rollback", field="taskId")
         if target.revision == rollout.revision:
             raise TaskConflict(f"revision {target.revision} is already the newest revision of '{task_id}'",
                                field="revision")
@@ -272,9 +287,8 @@ class DeploymentService:
         before = await run_blocking(self.tracking.model_version, model.model_name, None, alias)
         if not dry_run:
             await run_blocking(self.tracking.set_alias, model.model_name, alias, model.model_version)
-        newest = rollout.newest.model_copy(update={"promoted_alias": alias,
-                                                   "alias_was": before.version if before else None})
-        return rollout.model_copy(update={"history": [*rollout.history[:-1], newest]})
+        return rollout.replaced(rollout.newest.model_copy(update={"promoted_alias": alias,
+                                                                 "alias_was": before.version if before else None}))
 
     async def _apply(self, state: WorkloadState, profile: ModelProfile, rollout: Rollout, dry_run: bool
                      ) -> DeploymentTask | list[dict[str, Any]]:
@@ -283,6 +297,82 @@ class DeploymentService:
             return manifests
         updated = await run_blocking(self.runtime.update, KIND_INFERENCE, state.task_id, manifests, state)
         return self._task(updated)
+
+    # -- canaries ----------------------------------------------------------------------------------
+
+    async def start_canary(self, task_id: str, body: CanaryRequest, dry_run: bool = False
+                           ) -> DeploymentTask | list[dict[str, Any]]:
+        """A new revision beside the serving one, taking body.trafficPercent of the predicts."""
+        state = await self._existing(task_id)
+        profile = self._serving_profile(state.request["modelProfile"])
+        rollout = rollout_of_state(state)
+        if rollout.canary is not None:
+            raise TaskConflict(f"deployment '{task_id}' already runs a canary (revision {rollout.canary.revision}); "
+                               "change its weight, promote it or delete it first", field="taskId")
+        model = await self.resolve(body, profile)
+        record = rollout.new_record(model, "canary")
+        canary = CanaryRecord(revision=record.revision, weight=body.traffic_percent, started_at=datetime.now(UTC),
+                              auto_abort=self._auto_abort(body.auto_abort, profile))
+        rollout = rollout.model_copy(update={"canary": canary})
+        rollout = rollout.model_copy(update={"history": rollout.keep([*rollout.history, record])})
+        return await self._apply(state, profile, rollout, dry_run)
+
+    @staticmethod
+    def _auto_abort(asked: bool | AutoAbortRequest, profile: ModelProfile) -> AutoAbort | None:
+        if asked is False:
+            return None
+        assert profile.inference is not None
+        defaults = profile.inference.canary_auto_abort.model_dump()
+        given = asked.model_dump(exclude_none=True) if isinstance(asked, AutoAbortRequest) else {}
+        return AutoAbort.model_validate(defaults | given)
+
+    async def _with_canary(self, task_id: str) -> tuple[WorkloadState, ModelProfile, Rollout, CanaryRecord]:
+        state = await self._existing(task_id)
+        rollout = rollout_of_state(state)
+        if rollout.canary is None:
+            raise TaskNotFound(f"deployment '{task_id}' runs no canary", field="taskId")
+        return state, self._serving_profile(state.request["modelProfile"]), rollout, rollout.canary
+
+    async def reweight_canary(self, task_id: str, body: CanaryWeight, dry_run: bool = False
+                              ) -> DeploymentTask | list[dict[str, Any]]:
+        state, profile, rollout, canary = await self._with_canary(task_id)
+        canary = canary.model_copy(update={"weight": body.traffic_percent})
+        return await self._apply(state, profile, rollout.model_copy(update={"canary": canary}), dry_run)
+
+    async def promote_canary(self, task_id: str, body: CanaryPromotion, dry_run: bool = False
+                             ) -> DeploymentTask | list[dict[str, Any]]:
+        """The canary's revision becomes the only one (its model servers are ready already, so the
+        stable ones leave rotation at once and drain); the alias moves onto its version."""
+        state, profile, rollout, canary = await self._with_canary(task_id)
+        rollout = rollout.model_copy(update={"revision": canary.revision, "canary": None})
+        model = rollout.newest.model
+        if body.promote_alias and model.model_name and model.model_version:
+            rollout = await self._promotion(rollout, body.promote_alias, dry_run)
+        return await self._apply(state, profile, rollout, dry_run)
+
+    async def abort_canary(self, task_id: str, reason: str = "deleted by request", dry_run: bool = False
+                           ) -> DeploymentTask | list[dict[str, Any]]:
+        """The canary's model servers leave rotation and stop; the serving revision takes every call."""
+        state, profile, rollout, canary = await self._with_canary(task_id)
+        aborted = rollout.find(canary.revision)
+        assert aborted is not None
+        rollout = rollout.replaced(aborted.model_copy(update={"aborted": reason})).model_copy(update={"canary": None})
+        return await self._apply(state, profile, rollout, dry_run)
+
+    def traffic(self, task_id: str, rollout: Rollout) -> list[RevisionTraffic]:
+        """What the stable revision and the canary answered over the canary's window (60 s without)."""
+        canary = rollout.canary
+        window = canary.auto_abort.window_seconds if canary and canary.auto_abort else 60.0
+        weights = {rollout.revision: 100 - (canary.weight if canary else 0)}
+        if canary is not None:
+            weights[canary.revision] = canary.weight
+        items = []
+        for revision, weight in weights.items():
+            summary = self.revision_stats.summary(task_id, revision, window)
+            items.append(RevisionTraffic(revision=revision, weight=weight, requests=summary.requests,
+                                         error_ratio=round(summary.error_ratio, 4), p99_seconds=summary.p99_seconds,
+                                         window_seconds=window))
+        return items
 
     async def revisions(self, task_id: str) -> RevisionList:
         state = await self._existing(task_id)
@@ -348,9 +438,19 @@ class DeploymentService:
             doing = (f"cannot start: {state.revision_problem}" if state.revision_problem
                      else "is starting")
             message = f"revision {rollout.revision} {doing}; revision {state.serving_revision} serves"
+        canary = None
+        if rollout.canary is not None and (canary_record := rollout.find(rollout.canary.revision)) is not None:
+            canary = CanaryStatus(revision=rollout.canary.revision, model=canary_record.model,
+                                  weight=rollout.canary.weight, ready_replicas=state.canary_ready_replicas or 0,
+                                  message=state.canary_problem, started_at=rollout.canary.started_at,
+                                  auto_abort=rollout.canary.auto_abort.model_dump(mode="json")
+                                  if rollout.canary.auto_abort else None)
         return DeploymentTask(
             task_id=state.task_id,
             model_id=request["modelId"],
+            canary=canary,
+            traffic=self.traffic(state.task_id, rollout),
+            autoscaling=rollout.autoscaling,
             mlflow_run_id=model.mlflow_run_id,
             model_reference=model.model_reference,
             model=model,

@@ -58,7 +58,20 @@ class Rollout(CamelModel):
 
     @property
     def newest(self) -> RevisionRecord:
-        return self.history[-1]
+        """The stable revision: the one the stable Deployment's pod template serves."""
+        found = self.find(self.revision)
+        assert found is not None, "the stable revision is always kept"
+        return found
+
+    def previous(self) -> RevisionRecord | None:
+        """The stable revision before this one (aborted canaries never served alone: skipped)."""
+        earlier = [record for record in self.history if record.revision < self.revision and not record.aborted
+                   and not (self.canary and record.revision == self.canary.revision)]
+        return earlier[-1] if earlier else None
+
+    def replaced(self, record: RevisionRecord) -> "Rollout":
+        return self.model_copy(update={"history": [record if r.revision == record.revision else r
+                                                   for r in self.history]})
 
     def find(self, number: int) -> RevisionRecord | None:
         return next((record for record in self.history if record.revision == number), None)
@@ -75,7 +88,7 @@ class Rollout(CamelModel):
         return RevisionRecord(revision=number, model=model, created_at=datetime.now(UTC), cause=cause,
                               promoted_alias=promoted_alias, alias_was=alias_was)
 
-    def _kept(self, history: list[RevisionRecord]) -> list[RevisionRecord]:
+    def keep(self, history: list[RevisionRecord]) -> list[RevisionRecord]:
         """The last KEPT_REVISIONS, and always the stable and the canary revisions."""
         needed = {self.revision, *([self.canary.revision] if self.canary else [])}
         extra = len(history) - KEPT_REVISIONS
@@ -114,7 +127,9 @@ def revision_states(state: WorkloadState, rollout: Rollout) -> list[Revision]:
     items = []
     for record in reversed(rollout.history):
         message = None
-        if record.revision == serving:
+        if rollout.canary is not None and record.revision == rollout.canary.revision:
+            revision_state, message = RevisionState.CANARY, state.canary_problem
+        elif record.revision == serving:
             revision_state = RevisionState.SERVING
         elif record.revision == rollout.revision and state.revision_problem:
             revision_state, message = RevisionState.FAILED, state.revision_problem
@@ -122,6 +137,7 @@ def revision_states(state: WorkloadState, rollout: Rollout) -> list[Revision]:
             revision_state = RevisionState.STARTING
         else:
             revision_state = RevisionState.RETIRED
+            message = f"canary aborted: {record.aborted}" if record.aborted else None
         items.append(Revision(revision=record.revision, model=record.model, created_at=record.created_at,
                               cause=record.cause, state=revision_state, message=message,
                               promoted_alias=record.promoted_alias))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.access_log import AccessLog
+from app.dataplane.revision_stats import RevisionStats
 from app.dataplane.routes import PREFIX, Route
 from app.metrics import RequestMetrics
 
@@ -24,14 +25,16 @@ class Call:
     status: int = 0  # 0 until answered; 499 when the caller left before its body was complete
     model_id: str = ""  # the deployment's, once admitted
     upstream: str | None = None  # the base URL of the model server chosen
+    revision: int | None = None  # the revision whose model server was chosen
     failure: str | None = None  # refused, timeout, server_error or broken: the model server's failure
     outcome: str | None = None  # how an answer that began ended badly, if it did
 
 
 class CallObserver:
-    def __init__(self, access_log: AccessLog, metrics: RequestMetrics):
+    def __init__(self, access_log: AccessLog, metrics: RequestMetrics, revisions: RevisionStats):
         self.access_log = access_log
         self.metrics = metrics
+        self.revisions = revisions
 
     def observe(self, call: Call) -> None:
         seconds = time.perf_counter() - call.started
@@ -40,6 +43,8 @@ class CallObserver:
         if call.route is not None:
             self.metrics.request(call.route.template, method, call.status, seconds)
             self.metrics.call(call.task_id, call.model_id, call.route.name, call.status, seconds, call.failure)
+            if call.revision is not None:
+                self.revisions.record(call.task_id, call.revision, call.status, seconds)
         else:
             self.metrics.request(f"{PREFIX}{{task_id}}/...", method, call.status, seconds)
         if call.outcome is not None:

@@ -4,6 +4,7 @@ to the management app untouched."""
 
 import asyncio
 import contextlib
+import random
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ from app.access_log import AccessLog
 from app.dataplane import language
 from app.dataplane.admission import Admission, Admitted
 from app.dataplane.calls import Call, CallObserver
+from app.dataplane.revision_stats import RevisionStats
 from app.dataplane.routes import Kind, Match, match
 from app.dataplane.upstream import Answer, StreamedAnswer, UpstreamClient, UpstreamFailure, api_error
 from app.errors import MlopsError, PayloadTooLarge, send_error
@@ -18,6 +20,9 @@ from app.metrics import RequestMetrics
 from app.request_ids import HEADER as REQUEST_ID
 from app.request_ids import current, request_id
 from app.runtime.base import Endpoint
+
+# Names the revision whose model answered (the stable one's, or a canary's).
+REVISION = b"x-mlops-revision"
 
 Scope = dict[str, Any]
 JSON = "application/json"
@@ -55,18 +60,22 @@ async def read_body(receive: Any, limit: int) -> bytes:
 
 class DataPlane:
     def __init__(self, admission: Admission, upstream: UpstreamClient, access_log: AccessLog,
-                 metrics: RequestMetrics):
+                 metrics: RequestMetrics, revisions: RevisionStats | None = None):
         self.admission = admission
         self.endpoints = admission.endpoints
         self.upstream = upstream
-        self.calls = CallObserver(access_log, metrics)
+        self.revisions = revisions or RevisionStats()
+        self.calls = CallObserver(access_log, metrics, self.revisions)
 
     async def close(self) -> None:
         await self.upstream.close()
 
     def choose_upstream(self, admitted: Admitted) -> Endpoint:
-        """The model server that answers this call. One revision per deployment today; where a
-        canary shares the traffic, this is where a revision is picked by its weight."""
+        """The model server that answers this call: the stable revision's, or, while a ready canary
+        runs, the canary's for its weight in percent of the calls."""
+        canary = self.endpoints.canary(admitted.endpoint.task_id)
+        if canary is not None and canary.endpoint.ready and random.random() * 100 < canary.weight:
+            return canary.endpoint
         return admitted.endpoint
 
     async def serve(self, found: Match, scope: Scope, receive: Any, send: Any) -> None:
@@ -85,7 +94,7 @@ class DataPlane:
         call = Call(found.task_id, found.route, scope, request_id(sent_id), time.perf_counter())
         scope["path_params"] = {"task_id": found.task_id}
         current.set((call.request_id, scope))  # for any log line written while it is served
-        id_header = (REQUEST_ID, call.request_id.encode())
+        answer_headers = [(REQUEST_ID, call.request_id.encode())]
         try:
             if found.route is None:
                 raise MethodNotAllowed(found.allowed)
@@ -94,11 +103,13 @@ class DataPlane:
                                              scope["method"], scope["path"])
             body = await read_body(receive, admitted.body_limit)
             endpoint = self.choose_upstream(admitted)
-            call.upstream, call.model_id = endpoint.base_url, endpoint.model_id or ""
+            call.upstream, call.model_id, call.revision = endpoint.base_url, endpoint.model_id or "", endpoint.revision
+            if endpoint.revision is not None:  # which revision answered (a canary's, or the stable one's)
+                answer_headers.append((REVISION, str(endpoint.revision).encode()))
             headers = {"content-type": content_type, "x-request-id": call.request_id}
             if found.route.kind is Kind.OPENAI:
                 await self._pass_through(call, endpoint, found.route.upstream_path, body, headers, admitted, receive,
-                                         send, id_header)
+                                         send, answer_headers)
                 return
             if admitted.language_model:
                 route, body = language.openai_request(body, endpoint.served_model_name)
@@ -117,11 +128,11 @@ class DataPlane:
             call.status = answer.status
             await send({"type": "http.response.start", "status": answer.status, "headers": [
                 (b"content-type", answer_type.encode("latin-1")), (b"content-length", str(len(payload)).encode()),
-                id_header]})
+                *answer_headers]})
             await send({"type": "http.response.body", "body": payload})
         except MlopsError as exc:
             call.status = exc.status_code
-            await send_error(send, exc, [id_header])
+            await send_error(send, exc, answer_headers)
         except ClientGone:
             call.status, call.outcome = 499, "the client left before its body was complete"
         finally:
@@ -129,11 +140,12 @@ class DataPlane:
 
     def _failed(self, call: Call, failure: UpstreamFailure | None = None, answer: Answer | None = None,
                 timeout: float | None = None) -> MlopsError:
-        error, call.failure = api_error(call.task_id, self.endpoints, failure, answer, timeout)
+        error, call.failure = api_error(call.task_id, self.endpoints, failure, answer, timeout, call.upstream)
         return error
 
     async def _pass_through(self, call: Call, endpoint: Endpoint, path: str, body: bytes, headers: dict[str, str],
-                            admitted: Admitted, receive: Any, send: Any, id_header: tuple[bytes, bytes]) -> None:
+                            admitted: Admitted, receive: Any, send: Any,
+                            answer_headers: list[tuple[bytes, bytes]]) -> None:
         """An OpenAI route: the model server's answer, chunk by chunk as it arrives (server-sent
         events are never buffered). A stream the model server breaks is broken for the caller too,
         never ended like a short answer; a caller that leaves stops the generation."""
@@ -144,7 +156,7 @@ class DataPlane:
                     text = b"".join([chunk async for chunk in answer.chunks])
                     raise self._failed(call, answer=Answer(answer.status, text, answer.content_type))
                 call.status = answer.status
-                head = [(b"content-type", answer.content_type.encode("latin-1")), id_header]
+                head = [(b"content-type", answer.content_type.encode("latin-1")), *answer_headers]
                 if "event-stream" in answer.content_type:
                     head += EVENT_STREAM_HEADERS
                 await send({"type": "http.response.start", "status": answer.status, "headers": head})

@@ -180,7 +180,8 @@ SERVER_ERROR = "server_error"
 
 
 def api_error(task_id: str, endpoints: EndpointCache, failure: UpstreamFailure | None = None,
-              answer: Answer | None = None, timeout: float | None = None) -> tuple[MlopsError, str]:
+              answer: Answer | None = None, timeout: float | None = None,
+              base_url: str | None = None) -> tuple[MlopsError, str]:
     """What the API answers instead of the model server, and the failure's reason: 502 for a 5xx
     or a broken answer, 503 with Retry-After for a server that cannot be reached (the endpoint
     leaves rotation until its next successful probe or watch event), 504 for one too slow."""
@@ -193,6 +194,6 @@ def api_error(task_id: str, endpoints: EndpointCache, failure: UpstreamFailure |
         within = f" within {timeout:g} s" if timeout is not None else " in time"
         return UpstreamTimeout(f"model server of '{task_id}' did not answer{within}"), reason
     if failure.failure is Failure.UNREACHABLE:
-        endpoints.mark_unready(task_id, f"model server unreachable: {failure.detail}")
+        endpoints.mark_unready(task_id, f"model server unreachable: {failure.detail}", base_url)
         return NotReady(f"deployment '{task_id}' is not reachable right now; retry shortly"), reason
     return UpstreamError(f"model server of '{task_id}' failed: {failure.detail}"), reason

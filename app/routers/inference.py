@@ -10,6 +10,9 @@ from app.deps import DeploymentsDep
 from app.routers.common import ERROR_RESPONSES
 from app.schemas.common import DeletedTask, DryRunResult
 from app.schemas.inference import (
+    CanaryPromotion,
+    CanaryRequest,
+    CanaryWeight,
     DeploymentTask,
     DeploymentTaskList,
     DeploymentUpdate,
@@ -106,6 +109,46 @@ async def rollback_deployment(
     body: RollbackRequest | None = None,
 ) -> DeploymentTask | DryRunResult:
     return _answer(await deployments.rollback(task_id, body or RollbackRequest(), dry_run), response)
+
+
+@router.post(
+    "/deployments/{task_id}/canary",
+    status_code=202,
+    response_model=DeploymentTask | DryRunResult,
+    summary="Start a canary: a second revision taking trafficPercent of the predicts, aborted by itself when "
+            "autoAbort's thresholds break (202; 409 while a canary runs; 200 with dryRun)",
+)
+async def start_canary(
+    task_id: str, body: CanaryRequest, deployments: DeploymentsDep, response: Response, dry_run: DryRunQuery = False,
+) -> DeploymentTask | DryRunResult:
+    return _answer(await deployments.start_canary(task_id, body, dry_run), response)
+
+
+@router.patch("/deployments/{task_id}/canary", status_code=202, response_model=DeploymentTask | DryRunResult,
+              summary="Change the canary's share of the predicts (202; 404 without a canary; 200 with dryRun)")
+async def reweight_canary(
+    task_id: str, body: CanaryWeight, deployments: DeploymentsDep, response: Response, dry_run: DryRunQuery = False,
+) -> DeploymentTask | DryRunResult:
+    return _answer(await deployments.reweight_canary(task_id, body, dry_run), response)
+
+
+@router.post("/deployments/{task_id}/canary/promote", status_code=202, response_model=DeploymentTask | DryRunResult,
+             summary="Make the canary the only revision; its registered version gets promoteAlias (champion) "
+                     "(202; 404 without a canary; 200 with dryRun)")
+async def promote_canary(
+    task_id: str, deployments: DeploymentsDep, response: Response, dry_run: DryRunQuery = False,
+    body: CanaryPromotion | None = None,
+) -> DeploymentTask | DryRunResult:
+    return _answer(await deployments.promote_canary(task_id, body or CanaryPromotion(), dry_run), response)
+
+
+@router.delete("/deployments/{task_id}/canary", status_code=202, response_model=DeploymentTask | DryRunResult,
+               summary="Abort the canary: the serving revision takes every predict again (202; 404 without a "
+                       "canary; 200 with dryRun)")
+async def abort_canary(
+    task_id: str, deployments: DeploymentsDep, response: Response, dry_run: DryRunQuery = False,
+) -> DeploymentTask | DryRunResult:
+    return _answer(await deployments.abort_canary(task_id, dry_run=dry_run), response)
 
 
 @router.delete("/deployments/{task_id}", response_model=DeletedTask, summary="Remove a deployment")

@@ -102,6 +102,9 @@ class EndpointCache:
     def canary(self, task_id: str) -> Canary | None:
         return self._canaries.get(task_id)
 
+    def canary_task_ids(self) -> set[str]:
+        return set(self._canaries)
+
     def put_canary(self, task_id: str, canary: Canary | None) -> None:
         if canary is None:
             self._canaries.pop(task_id, None)

@@ -37,10 +37,12 @@ from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import RequestError
 
 from app.core.manifests import (
+    KIND_CANARY,
     KIND_INFERENCE,
     KIND_TRAINING,
     LABEL_MODEL_ID,
     LABEL_PROFILE,
+    LABEL_TASK_KIND,
     READINESS_PATH,
     request_of,
     revision_of,
@@ -48,7 +50,7 @@ from app.core.manifests import (
     served_model_name_of,
 )
 from app.errors import TaskConflict, TaskNotFound
-from app.runtime.base import AlreadyExists, Endpoint, EndpointCache, WorkloadState
+from app.runtime.base import AlreadyExists, Canary, Endpoint, EndpointCache, WorkloadState
 from app.runtime.local_supervisor import GRACE_SECONDS, write_json_atomic
 from app.schemas.inference import DeploymentStatus
 from app.schemas.training import TrainingStatus
@@ -106,6 +108,17 @@ def _remap(value: str, mounts: dict[str, str]) -> str:
 
 def _template_revision(manifests: list[dict[str, Any]]) -> int:
     return revision_of(manifests[0]["spec"]["template"]) or 1
+
+
+def _canary_workload(manifests: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The canary's Deployment among a task's objects, if one runs."""
+    return next((obj for obj in manifests if obj["kind"] == "Deployment"
+                 and obj["metadata"]["labels"].get(LABEL_TASK_KIND) == KIND_CANARY), None)
+
+
+def _canary_weight(record: dict[str, Any]) -> int:
+    canary = (rollout_of(record["manifests"][0]) or {}).get("canary") or {}
+    return int(canary.get("weight", 0))
 
 
 def _last_words(task_dir: Path) -> str | None:
@@ -217,14 +230,24 @@ class LocalRuntime:
                 raise TaskConflict(f"deployment '{task_id}' changed while this update was made; read it and "
                                    "try again", field="taskId")
             revision = _template_revision(manifests)
-            if revision != record["revision"]:
-                if not (task_dir / "serving.json").exists():  # the revision serving until now
-                    write_json_atomic(task_dir / "serving.json", {"revision": record["revision"], "retiring": {}})
-                record["ports"][str(revision)] = _free_port()
-                record["revision"] = revision
-                record["manifests"] = manifests
-                self._start_pod(kind, task_dir, record, revision)
+            if not (task_dir / "serving.json").exists():  # the revision serving until now
+                write_json_atomic(task_dir / "serving.json", {"revision": record["revision"], "retiring": {}})
             record["manifests"] = manifests
+            if revision != record["revision"]:
+                record["revision"] = revision
+                if str(revision) not in record["ports"]:  # else a canary's, promoted: it runs already
+                    record["ports"][str(revision)] = _free_port()
+                    self._start_pod(kind, task_dir, record, revision)
+            canary = _canary_workload(manifests)
+            before = record.pop("canary", None)
+            if canary is not None:
+                canary_revision = _template_revision([canary])
+                record["canary"] = {"revision": canary_revision}
+                if str(canary_revision) not in record["ports"]:
+                    record["ports"][str(canary_revision)] = _free_port()
+                    self._start_pod(kind, task_dir, record, canary_revision, canary)
+            if before is not None and before["revision"] not in (revision, record.get("canary", {}).get("revision")):
+                self._drain(task_dir, before["revision"])  # an aborted canary: calls in flight finish
             record["generation"] = record.get("generation", 1) + 1
             write_json_atomic(task_dir / "task.json", record)
         state = self._state(kind, task_id)
@@ -395,6 +418,11 @@ class LocalRuntime:
         state.serving_revision = serving if ready else None
         if newest != serving:
             state.revision_problem = self._crash_report(self._pod_dir(KIND_INFERENCE, task_dir, newest))
+        canary = (record.get("canary") or {}).get("revision")
+        if canary is not None:
+            entry = self.endpoints.canary(state.task_id)
+            state.canary_ready_replicas = 1 if entry is not None and entry.endpoint.ready else 0
+            state.canary_problem = self._crash_report(self._pod_dir(KIND_INFERENCE, task_dir, canary))
         if ready:
             assert endpoint is not None
             state.phase = DeploymentStatus.READY
@@ -419,17 +447,19 @@ class LocalRuntime:
 
     # -- processes --------------------------------------------------------------------------
 
-    def _start_pod(self, kind: str, task_dir: Path, record: dict[str, Any], revision: int | None) -> None:
-        """The process of a Job, or of a Deployment's revision (its pod template as it is in `record`)."""
+    def _start_pod(self, kind: str, task_dir: Path, record: dict[str, Any], revision: int | None,
+                   workload: dict[str, Any] | None = None) -> None:
+        """The process of a Job, or of a Deployment's revision: `workload`'s pod template (default:
+        the task's first object's)."""
         pod_dir = self._pod_dir(kind, task_dir, revision)
         pod_dir.mkdir(parents=True, exist_ok=True)
         port = record["ports"][str(revision)] if revision is not None else None
+        spec = self._process_spec(kind, pod_dir, workload or record["manifests"][0], port)
         # The process spec holds the workload's resolved credentials: owner-only.
-        write_json_atomic(pod_dir / "process.json", self._process_spec(kind, pod_dir, record, port), mode=0o600)
+        write_json_atomic(pod_dir / "process.json", spec, mode=0o600)
         self._spawn_supervisor(pod_dir)
 
-    def _process_spec(self, kind: str, task_dir: Path, record: dict[str, Any], port: int | None) -> dict[str, Any]:
-        workload = record["manifests"][0]
+    def _process_spec(self, kind: str, task_dir: Path, workload: dict[str, Any], port: int | None) -> dict[str, Any]:
         pod = workload["spec"]["template"]["spec"]
         container = pod["containers"][0]
         mounts = self._claim_mounts(pod, container)
@@ -559,12 +589,16 @@ class LocalRuntime:
 
     def _put_endpoint(self, task_id: str, record: dict[str, Any], revision: int, ready: bool,
                       message: str | None = None) -> None:
+        self._readiness_paths[task_id] = self._readiness_path(record)
+        self.endpoints.put(self._endpoint(task_id, record, revision, ready, message))
+
+    def _endpoint(self, task_id: str, record: dict[str, Any], revision: int, ready: bool,
+                  message: str | None = None) -> Endpoint:
         deployment = record["manifests"][0]
         labels = deployment["metadata"]["labels"]
-        self._readiness_paths[task_id] = self._readiness_path(record)
-        self.endpoints.put(Endpoint(task_id, self._url(record, revision), ready, labels.get(LABEL_PROFILE, ""),
-                                    message, model_id=labels.get(LABEL_MODEL_ID),
-                                    served_model_name=served_model_name_of(deployment)))
+        return Endpoint(task_id, self._url(record, revision), ready, labels.get(LABEL_PROFILE, ""), message,
+                        model_id=labels.get(LABEL_MODEL_ID), served_model_name=served_model_name_of(deployment),
+                        revision=revision)
 
     def reconcile(self) -> None:
         """Bring the endpoint cache in line with the data directory: roll deployments to their
@@ -593,10 +627,17 @@ class LocalRuntime:
         endpoint = self.endpoints.get(task_id)
         if endpoint is None or endpoint.base_url != self._url(record, serving):
             self._put_endpoint(task_id, record, serving, ready=switched)
+        canary = (record.get("canary") or {}).get("revision")
+        if canary is not None and str(canary) in record["ports"]:
+            ready = self._answers_ready(self._url(record, canary) + self._readiness_path(record))
+            self.endpoints.put_canary(task_id, Canary(self._endpoint(task_id, record, canary, ready),
+                                                      _canary_weight(record)))
+        else:
+            self.endpoints.put_canary(task_id, None)
         retiring = (_read_json(task_dir / "serving.json") or {}).get("retiring", {})
         now = time.time()
         for revision, pod_dir in self._pod_dirs(KIND_INFERENCE, task_dir).items():
-            if revision in (newest, serving) or retiring.get(str(revision), 0) > now:
+            if revision in (newest, serving, canary) or retiring.get(str(revision), 0) > now:
                 if not self._supervisor_alive(pod_dir):
                     self._restart_supervisor(task_dir, pod_dir)
             else:
@@ -623,6 +664,13 @@ class LocalRuntime:
             write_json_atomic(task_dir / "serving.json", {"revision": newest, "retiring": retiring})
             return newest
 
+    @staticmethod
+    def _drain(task_dir: Path, revision: int) -> None:
+        """Keep a revision's model server for DRAIN_SECONDS more (call under the task's lock)."""
+        serving = _read_json(task_dir / "serving.json") or {}
+        retiring = {**serving.get("retiring", {}), str(revision): time.time() + DRAIN_SECONDS}
+        write_json_atomic(task_dir / "serving.json", {**serving, "retiring": retiring})
+
     def _retire(self, task_dir: Path, revision: int, pod_dir: Path) -> None:
         """Stop a model server no revision needs any more and remove its directory (in the
         background: a graceful stop takes seconds)."""
@@ -635,8 +683,10 @@ class LocalRuntime:
                 with open(task_dir / "lock", "a") as lock:
                     fcntl.flock(lock, fcntl.LOCK_EX)
                     record = _read_json(task_dir / "task.json") or {}
-                    if revision in (record.get("revision"), self._serving_revision(task_dir, record)):
-                        return  # rolled back to it meanwhile
+                    needed = (record.get("revision"), self._serving_revision(task_dir, record),
+                              (record.get("canary") or {}).get("revision"))
+                    if revision in needed:
+                        return  # rolled back to it, or made a canary, meanwhile
                     (pod_dir / "retired").touch()
                     self._stop_supervisor(pod_dir)
                 shutil.rmtree(pod_dir, ignore_errors=True)

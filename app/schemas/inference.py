@@ -66,6 +66,34 @@ class DeploymentUpdate(ModelChoice):
     promote_alias: str | None = AliasName
 
 
+class AutoAbortRequest(StrictCamelModel):
+    """Thresholds over which the control plane aborts a canary by itself; each one left out takes
+    the profile's default (canary_auto_abort)."""
+
+    max_error_ratio: float | None = Field(default=None, ge=0, le=1)
+    max_p99_seconds: float | None = Field(default=None, gt=0, le=600)
+    window_seconds: float | None = Field(default=None, ge=5, le=3600)
+    min_requests: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+class CanaryRequest(ModelChoice):
+    """A second revision beside the serving one, taking `trafficPercent` of the predicts."""
+
+    traffic_percent: int = Field(ge=1, le=99)
+    # true: the profile's thresholds; an object: those thresholds, each overridable; false: none.
+    auto_abort: bool | AutoAbortRequest = False
+
+
+class CanaryWeight(StrictCamelModel):
+    traffic_percent: int = Field(ge=1, le=99)
+
+
+class CanaryPromotion(StrictCamelModel):
+    # The MLflow alias moved onto the canary's registered version (when it serves one); null: none.
+    promote_alias: str | None = Field(default="champion", min_length=1, max_length=255,
+                                      pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
 class RollbackRequest(StrictCamelModel):
     # Default: the revision before the newest one.
     revision: int | None = Field(default=None, ge=1)
@@ -87,7 +115,8 @@ class RevisionState(StrEnum):
     SERVING = "Serving"  # the revision that answers predicts
     STARTING = "Starting"  # the newest revision, until its model servers are ready
     FAILED = "Failed"  # the newest revision, whose model servers cannot start; the one before still serves
-    RETIRED = "Retired"  # an earlier revision, kept for rollback
+    CANARY = "Canary"  # served beside the serving revision, for part of the predicts
+    RETIRED = "Retired"  # an earlier revision (or an aborted canary), kept for rollback
 
 
 class Revision(CamelModel):
@@ -100,6 +129,27 @@ class Revision(CamelModel):
     message: str | None = None
     # The MLflow alias this revision moved onto its version, and the version it was on before.
     promoted_alias: str | None = None
+
+
+class RevisionTraffic(CamelModel):
+    """What one revision answered over the last `windowSeconds`, as this API worker saw it."""
+
+    revision: int
+    weight: int  # percent of predicts sent to it
+    requests: int
+    error_ratio: float  # share of 5xx answers
+    p99_seconds: float | None = None
+    window_seconds: float
+
+
+class CanaryStatus(CamelModel):
+    revision: int
+    model: ServedModel
+    weight: int
+    ready_replicas: int = 0
+    message: str | None = None
+    auto_abort: dict | None = None
+    started_at: datetime
 
 
 class RevisionList(CamelModel):
@@ -123,6 +173,10 @@ class DeploymentTask(CamelModel):
     revision: int
     # The revision answering predicts now (the one before `revision` while that one starts).
     serving_revision: int | None = None
+    canary: CanaryStatus | None = None
+    # Per revision answering predicts: its weight, requests, error ratio and latency.
+    traffic: list[RevisionTraffic] = Field(default_factory=list)
+    autoscaling: Autoscaling | None = None
     model_profile: str
     use_gpu: bool
     replicas: int
