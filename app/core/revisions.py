@@ -80,7 +80,7 @@ class Rollout(CamelModel):
                       alias_was: str | None = None) -> "Rollout":
         """A new stable revision serving `model`."""
         record = self.new_record(model, cause, promoted_alias, alias_was)
-        return self.model_copy(update={"revision": record.revision, "history": self._kept([*self.history, record])})
+        return self.model_copy(update={"revision": record.revision, "history": self.keep([*self.history, record])})
 
     def new_record(self, model: ServedModel, cause: str, promoted_alias: str | None = None,
                    alias_was: str | None = None) -> RevisionRecord:
