@@ -18,6 +18,7 @@ import pytest
 
 from app.core.manifests import ANNOTATION_ROLLOUT, KIND_CANARY, KIND_INFERENCE, LABEL_REVISION, LABEL_TASK_KIND
 from app.core.revisions import CanaryRecord, Rollout, first_rollout
+from app.errors import TaskConflict
 from app.runtime.base import Canary, Endpoint, WorkloadState
 from app.runtime.kubernetes import KubernetesRuntime
 from app.runtime.permissions import API_PROXY_PERMISSIONS, REQUIRED_PERMISSIONS, allows
@@ -28,7 +29,7 @@ from tests.fake_kube.loop import LoopThread
 from tests.fake_kube.selectors import matches_labels
 from tests.fake_kube.tasks import RUN_ID, rollout_task
 from tests.support import wait_until
-from tests.test_kubernetes_rollout import assert_valid_and_restricted
+from tests.test_kubernetes_rollout import assert_valid_and_restricted, wrap_get
 from tests.test_kubernetes_runtime import make_runtime
 
 TASK, MODEL = "deploy-a", "model-a"
@@ -289,6 +290,28 @@ def test_a_canary_marked_unready_is_restored_and_a_restart_keeps_it_with_its_wei
         assert state is not None and state.rollout["canary"]["weight"] == 30 and state.canary_ready_replicas == 1
     finally:
         loop.run(restarted.close())
+
+
+def test_a_refused_canary_makes_nothing(fake: FakeKube, runtime) -> None:
+    rollout = with_canary(deploy(runtime, fake))
+    current = state_of(runtime)
+    # Another replica scales the Deployment between this update's read and its replace: the
+    # canary's objects, made first, are removed again.
+    wrap_get(runtime, lambda: fake.update("deployments", NAME, lambda d: d["spec"].update(replicas=3)))
+    with pytest.raises(TaskConflict, match="changed meanwhile"):
+        runtime.update(KIND_INFERENCE, TASK, rollout_task(TASK, MODEL, rollout), current)
+    assert fake.names("deployments") == [NAME] and fake.names("services") == [NAME]
+    assert "canary" not in json.loads(obj(fake, "deployments", NAME)["metadata"]["annotations"][ANNOTATION_ROLLOUT])
+    assert canary_of(runtime) is None
+
+    # A canary name held by an object this task did not make is a conflict naming it; nothing changes.
+    squatter = rollout_task("other-task", MODEL, rollout)[3]
+    fake.create("services", squatter)
+    before = obj(fake, "deployments", NAME)
+    with pytest.raises(TaskConflict, match=f"a Service named '{CANARY}' already exists .* task 'other-task'"):
+        update(runtime, rollout)
+    assert fake.names("deployments") == [NAME] and obj(fake, "deployments", NAME) == before
+    assert canary_of(runtime) is None
 
 
 # -- the autoscaler -------------------------------------------------------------------------------
