@@ -164,9 +164,10 @@ def test_a_canary_is_a_second_deployment_and_service_the_stable_ones_never_selec
     for made_obj in (stable_deployment, stable_service, canary_deployment, canary_service):
         assert_valid_and_restricted(made_obj)
 
-    # The canary is known at once, out of rotation until its model server is ready.
-    canary = canary_of(runtime)
-    assert canary is not None and canary.weight == 20 and not canary.endpoint.ready
+    # The canary is known at once (the cache changes on the event loop), out of rotation until
+    # its model server is ready.
+    canary = wait_until(lambda: canary_of(runtime), 5, 0.02, "the canary in the cache")
+    assert canary.weight == 20 and not canary.endpoint.ready
     assert canary.endpoint.base_url.endswith(f"/services/{CANARY}:http/proxy")
     assert canary.endpoint.revision == 2 and stable(runtime).revision == 1 and stable(runtime).ready
     assert (state.phase, state.serving_revision, state.canary_ready_replicas) == ("Ready", 1, 0)
@@ -199,7 +200,7 @@ def test_a_weight_change_is_only_the_annotation_and_the_caches_weight(fake: Fake
     assert json.loads(after["metadata"]["annotations"][ANNOTATION_ROLLOUT])["canary"]["weight"] == 50
     assert obj(fake, "deployments", CANARY)["metadata"]["resourceVersion"] == canary_before["metadata"][
         "resourceVersion"]
-    assert canary_of(runtime).weight == 50 and canary_of(runtime).endpoint.ready
+    wait_until(lambda: canary_ready(runtime, 50), 5, 0.02, "the canary's new weight")
 
     # Another API replica moves the weight: the watch's MODIFIED event of the stable Deployment tells this one.
     def weight_70(deployment: dict[str, Any]) -> None:
@@ -226,7 +227,8 @@ def test_an_aborted_canary_leaves_the_annotation_first_then_its_objects_go(fake:
     assert fake.get("deployments", CANARY) is None and fake.get("services", CANARY) is None
     assert not set(canary_pods) & set(fake.names("pods"))  # the canary's pods go with its Deployment
     assert "canary" not in json.loads(obj(fake, "deployments", NAME)["metadata"]["annotations"][ANNOTATION_ROLLOUT])
-    assert canary_of(runtime) is None and stable(runtime).ready
+    wait_until(lambda: canary_of(runtime) is None, 5, 0.02, "the canary to leave the cache")
+    assert stable(runtime).ready
     assert (state.canary_ready_replicas, state.canary_problem) == (None, None)
 
 
@@ -237,7 +239,8 @@ def test_a_promoted_canary_becomes_the_stable_template_and_its_objects_go(fake: 
     after = obj(fake, "deployments", NAME)
     assert after["spec"]["template"]["metadata"]["labels"][LABEL_REVISION] == "2"
     assert fake.get("deployments", CANARY) is None and fake.get("services", CANARY) is None
-    assert canary_of(runtime) is None and stable(runtime).revision == 2
+    wait_until(lambda: canary_of(runtime) is None and stable(runtime).revision == 2, 5, 0.02,
+               "the canary to leave the cache and the stable endpoint to name revision 2")
     assert (state.phase, state.serving_revision) == ("Ready", 1)  # until the rolling update is done
     fake.roll_out(NAME)
     assert state_of(runtime).serving_revision == 2
@@ -252,8 +255,8 @@ def test_a_canary_that_cannot_start_says_why_and_takes_no_traffic(fake: FakeKube
     assert state.canary_problem is not None
     assert "CrashLoopBackOff" in state.canary_problem and "ValueError: bad weights" in state.canary_problem
     assert state.revision_problem is None  # the stable revision's own pods are fine
-    canary = canary_of(runtime)
-    assert canary is not None and not canary.endpoint.ready
+    canary = wait_until(lambda: canary_of(runtime), 5, 0.02, "the canary in the cache")
+    assert not canary.endpoint.ready and canary.endpoint.message
 
     fake.set_pod_status(pod, pod_status.running(ready=True))
     fake.sync_deployment(CANARY)
@@ -282,8 +285,8 @@ def test_a_canary_marked_unready_is_restored_and_a_restart_keeps_it_with_its_wei
     restarted = make_runtime(fake)
     loop.run(restarted.start())
     try:
-        canary = restarted.endpoints.canary(TASK)
-        assert canary is not None and (canary.weight, canary.endpoint.ready, canary.endpoint.revision) == (30, True, 2)
+        canary = wait_until(lambda: restarted.endpoints.canary(TASK), 5, 0.02, "the canary after a restart")
+        assert (canary.weight, canary.endpoint.ready, canary.endpoint.revision) == (30, True, 2)
         assert canary.endpoint.base_url == canary_url
         assert restarted.endpoints.get(TASK).revision == 1
         state = restarted.get(KIND_INFERENCE, TASK)
@@ -378,5 +381,7 @@ def test_a_task_made_with_a_canary_and_an_autoscaler_is_one_task_and_delete_remo
     assert runtime.delete(KIND_INFERENCE, TASK) is True
     for resource in ("deployments", "services", "horizontalpodautoscalers", "pods"):
         assert fake.names(resource) == [], resource
-    assert runtime.endpoints.get(TASK) is None and canary_of(runtime) is None
+    # The cache is changed on the event loop, and the watch's DELETED events may come after.
+    wait_until(lambda: runtime.endpoints.get(TASK) is None and canary_of(runtime) is None, 5, 0.02,
+               "the endpoint and its canary to leave the cache")
     assert runtime.get(KIND_INFERENCE, TASK) is None and runtime.list(KIND_INFERENCE) == []
