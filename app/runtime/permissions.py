@@ -16,10 +16,14 @@ class Permission(NamedTuple):
 REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     # Training tasks are Jobs (read by name or by label); delete propagates to their pods.
     Permission("batch", "jobs", ("create", "get", "list", "delete")),
-    # Inference tasks are a Deployment and a Service each; the endpoint cache watches both; an
-    # update (a new revision, other replicas) replaces them.
+    # Inference tasks are a Deployment and a Service each (and a canary's pair while one runs);
+    # the endpoint cache watches them; an update (a new revision, other replicas, a canary's
+    # weight) replaces them.
     Permission("apps", "deployments", ("create", "get", "list", "watch", "update", "delete")),
     Permission("", "services", ("create", "get", "list", "watch", "update", "delete")),
+    # Replicas that follow the load: a HorizontalPodAutoscaler per autoscaled deployment, made,
+    # replaced and removed with it.
+    Permission("autoscaling", "horizontalpodautoscalers", ("create", "get", "list", "update", "delete")),
     # Status reasons (unschedulable, image pull, crash loop, OOM) and training logs come from pods.
     # Logs follow a pod by watching it until it starts.
     Permission("", "pods", ("list", "watch")),

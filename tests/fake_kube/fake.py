@@ -1,9 +1,10 @@
 """FakeKube: an HTTP-level fake of the Kubernetes API on 127.0.0.1 that the real `kubernetes` client talks to.
 
-It serves namespaced CRUD of batch/v1 jobs, apps/v1 deployments, v1 services, pods and events
-(label and field selectors), `?watch=true` streams from a resourceVersion (410 once compacted), pod
-logs (tailLines, follow), the services proxy subresource (forwarded to a backend a test registers),
-and DELETE with propagation through ownerReferences.
+It serves namespaced CRUD of batch/v1 jobs, apps/v1 deployments, autoscaling/v2
+horizontalpodautoscalers, v1 services, pods and events (label and field selectors, set-based
+included), `?watch=true` streams from a resourceVersion (410 once compacted), pod logs (tailLines,
+follow), the services proxy subresource (forwarded to a backend a test registers), and DELETE with
+propagation through ownerReferences.
 
 A test plays the cluster's controllers and kubelet through its hooks (run a Job's pod, complete or
 fail the Job, put a pod in ImagePullBackOff or Unschedulable, mark a Deployment available), injects

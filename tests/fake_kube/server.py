@@ -29,6 +29,7 @@ KINDS = {
     ("", "v1", "events"): "Event",
     ("batch", "v1", "jobs"): "Job",
     ("apps", "v1", "deployments"): "Deployment",
+    ("autoscaling", "v2", "horizontalpodautoscalers"): "HorizontalPodAutoscaler",
 }
 _PATH = re.compile(
     r"^/(?:api/(?P<core_version>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"

@@ -24,7 +24,7 @@ _EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 # Group of each resource the fake serves ("" is the core group), as a Status's details name it.
-GROUPS = {"deployments": "apps", "jobs": "batch"}
+GROUPS = {"deployments": "apps", "jobs": "batch", "horizontalpodautoscalers": "autoscaling"}
 # Spec fields the API server refuses to change on update.
 IMMUTABLE = {"deployments": ("selector",), "jobs": ("selector", "template"), "services": ("clusterIP",)}
 # Set by the API server on create; an update that leaves them out keeps them.

@@ -42,7 +42,11 @@ SERVICES = Resource("", "services", client.CoreV1Api, "namespaced_service")
 PODS = Resource("", "pods", client.CoreV1Api, "namespaced_pod")
 POD_LOGS = Resource("", "pods/log", client.CoreV1Api, "namespaced_pod_log")
 EVENTS = Resource("", "events", client.CoreV1Api, "namespaced_event")
-RESOURCE_OF_KIND = {"Job": JOBS, "Deployment": DEPLOYMENTS, "Service": SERVICES}
+HPAS = Resource("autoscaling", "horizontalpodautoscalers", client.AutoscalingV2Api,
+                "namespaced_horizontal_pod_autoscaler")
+RESOURCE_OF_KIND = {"Job": JOBS, "Deployment": DEPLOYMENTS, "Service": SERVICES, "HorizontalPodAutoscaler": HPAS}
+# A label selector: equality requirements, or the selector's text (e.g. set-based: "key in (a,b)").
+Selector = dict[str, str] | str
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,9 @@ def _json(response: Any) -> dict[str, Any]:
         response.release_conn()
 
 
-def label_selector(labels: dict[str, str]) -> str:
+def label_selector(labels: Selector) -> str:
+    if isinstance(labels, str):
+        return labels
     return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
 
 
@@ -217,7 +223,7 @@ class ClusterApi:
             raise self.translate("update", resource, exc) from exc
 
     def list(
-        self, resource: Resource, labels: dict[str, str] | None = None, fields: str | None = None
+        self, resource: Resource, labels: Selector | None = None, fields: str | None = None
     ) -> tuple[list[dict[str, Any]], str]:
         """Matching objects and the list's resourceVersion (where a watch may start)."""
         kwargs: dict[str, Any] = {}
@@ -250,7 +256,7 @@ class ClusterApi:
     def watch(
         self,
         resource: Resource,
-        labels: dict[str, str],
+        labels: Selector,
         resource_version: str,
         timeout_seconds: int,
         watcher: watch.Watch,

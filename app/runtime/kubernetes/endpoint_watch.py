@@ -1,5 +1,7 @@
 """The predict path's view of the cluster: a watch on the project's inference Deployments and Services
-keeps the EndpointCache current, so that no predict request calls the Kubernetes API.
+(the stable revision's and a canary's) keeps the EndpointCache current, so that no predict request
+calls the Kubernetes API. A canary's weight is in the stable Deployment's rollout annotation: a
+change of the weight alone is a MODIFIED event of that Deployment.
 
 One thread per resource lists, then watches from the list's resourceVersion. A stream the server
 ends (its timeout) is resumed from the last resourceVersion seen, which replays what happened in
@@ -13,20 +15,26 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubernetes import watch
 
 from app.core.manifests import (
+    KIND_CANARY,
     KIND_INFERENCE,
+    LABEL_MANAGED_BY,
     LABEL_MODEL_ID,
     LABEL_PROFILE,
     LABEL_TASK_ID,
+    LABEL_TASK_KIND,
+    MANAGED_BY,
+    revision_of,
+    rollout_of,
     served_model_name_of,
-    task_selector,
 )
 from app.errors import MlopsError
-from app.runtime.base import Endpoint, EndpointCache
+from app.runtime.base import Canary, Endpoint, EndpointCache
 from app.runtime.kubernetes.api import DEPLOYMENTS, SERVICES, ClusterApi, Resource, WatchExpired, raw_watch
 from app.runtime.kubernetes.routes import ServiceRoute
 from app.runtime.kubernetes.status import inference_phase
@@ -36,10 +44,19 @@ log = logging.getLogger(__name__)
 
 WATCHED = (DEPLOYMENTS, SERVICES)
 MAX_RETRY_DELAY_SECONDS = 30.0
-# Every inference object this API made: app.kubernetes.io/managed-by and mlops.dev/task-kind.
-INFERENCE_SELECTOR = task_selector(KIND_INFERENCE)
+# Every inference object this API made, a canary's too: app.kubernetes.io/managed-by and mlops.dev/task-kind.
+INFERENCE_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_TASK_KIND} in ({KIND_INFERENCE},{KIND_CANARY})"
 
-EndpointChanges = dict[str, Endpoint | None]
+
+@dataclass(frozen=True)
+class TaskEndpoints:
+    """What the cache holds for a task: its stable endpoint (None: no entry) and its canary."""
+
+    stable: Endpoint | None
+    canary: Canary | None = None
+
+
+EndpointChanges = dict[str, TaskEndpoints]
 
 
 def _name(obj: dict[str, Any]) -> str:
@@ -48,6 +65,10 @@ def _name(obj: dict[str, Any]) -> str:
 
 def _task_id(obj: dict[str, Any]) -> str | None:
     return (obj.get("metadata", {}).get("labels") or {}).get(LABEL_TASK_ID)
+
+
+def _task_kind(obj: dict[str, Any]) -> str | None:
+    return (obj.get("metadata", {}).get("labels") or {}).get(LABEL_TASK_KIND)
 
 
 class EndpointWatch:
@@ -67,7 +88,7 @@ class EndpointWatch:
         # What the cluster holds, by resource and object name, as last listed or watched.
         self._objects: dict[Resource, dict[str, dict[str, Any]]] = {resource: {} for resource in WATCHED}
         # What the cache should hold, by task id.
-        self._desired: dict[str, Endpoint] = {}
+        self._desired: dict[str, TaskEndpoints] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._synced = {resource: threading.Event() for resource in WATCHED}
@@ -136,11 +157,15 @@ class EndpointWatch:
         (the Deployment did not change), so without this it would stay unready for good.
         """
         with self._lock:
-            desired = [endpoint for endpoint in self._desired.values() if endpoint.ready]
-        for endpoint in desired:
-            current = self.endpoints.get(endpoint.task_id)
-            if current is not None and not current.ready:
-                self.endpoints.put(endpoint)
+            desired = list(self._desired.items())
+        for task_id, wanted in desired:
+            current = self.endpoints.get(task_id)
+            if wanted.stable is not None and wanted.stable.ready and current is not None and not current.ready:
+                self.endpoints.put(wanted.stable)
+            canary = self.endpoints.canary(task_id)
+            if wanted.canary is not None and wanted.canary.endpoint.ready and canary is not None \
+                    and not canary.endpoint.ready:
+                self.endpoints.put_canary(task_id, wanted.canary)
 
     # -- the watch threads ------------------------------------------------------------------------
 
@@ -232,41 +257,65 @@ class EndpointWatch:
         for task_id in task_ids:
             if task_id is None:
                 continue
-            endpoint = self._endpoint(task_id)
-            if endpoint != self._desired.get(task_id):
-                changes[task_id] = endpoint
+            stable = self._endpoint(task_id, KIND_INFERENCE)
+            wanted = TaskEndpoints(stable, self._canary(task_id) if stable is not None else None)
+            if wanted != self._desired.get(task_id, TaskEndpoints(None)):
+                changes[task_id] = wanted
         return changes
 
-    def _endpoint(self, task_id: str) -> Endpoint | None:
+    def _pair(self, task_id: str, task_kind: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The task's Deployment and Service of that task kind (the stable revision's or the canary's)."""
         deployment, service = (
-            next((obj for obj in self._objects[resource].values() if _task_id(obj) == task_id), None)
+            next((obj for obj in self._objects[resource].values()
+                  if _task_id(obj) == task_id and _task_kind(obj) == task_kind), None)
             for resource in WATCHED
         )
+        return deployment, service
+
+    def _endpoint(self, task_id: str, task_kind: str) -> Endpoint | None:
+        deployment, service = self._pair(task_id, task_kind)
         source = service or deployment
         if source is None:
             return None
+        who = "the model's" if task_kind == KIND_INFERENCE else "the canary's"
         labels = source["metadata"].get("labels") or {}
         profile = labels.get(LABEL_PROFILE, "")
         target = self.route.target(_name(source))
         message: str | None
         if deployment is None:
-            ready, message = False, "the model's Deployment is missing"
+            ready, message = False, f"{who} Deployment is missing"
         elif service is None:
-            ready, message = False, "the model's Service is missing"
+            ready, message = False, f"{who} Service is missing"
         else:
             phase, message = inference_phase(deployment, [])
             ready = phase == DeploymentStatus.READY
+        revision = revision_of(deployment["spec"]["template"]) if deployment is not None else None
         return Endpoint(task_id, target.base_url, ready, profile, message, target.headers, target.tls,
-                        labels.get(LABEL_MODEL_ID), served_model_name_of(source))
+                        labels.get(LABEL_MODEL_ID), served_model_name_of(source), revision)
+
+    def _canary(self, task_id: str) -> Canary | None:
+        """The canary the stable Deployment's rollout annotation names, at its weight, if its objects are there."""
+        stable, _ = self._pair(task_id, KIND_INFERENCE)
+        record = (rollout_of(stable) or {}).get("canary") if stable is not None else None
+        if not record:
+            return None
+        endpoint = self._endpoint(task_id, KIND_CANARY)
+        if endpoint is None:
+            return None
+        if endpoint.ready and endpoint.revision != record.get("revision"):
+            # The canary's Deployment is being replaced by another revision's: not this canary yet.
+            endpoint = replace(endpoint, ready=False,
+                               message=f"the canary's Deployment does not run revision {record.get('revision')} yet")
+        return Canary(endpoint, int(record["weight"]))
 
     def _publish(self, changes: EndpointChanges) -> None:
         if not changes:
             return
-        for task_id, endpoint in changes.items():
-            if endpoint is None:
+        for task_id, wanted in changes.items():
+            if wanted.stable is None:
                 self._desired.pop(task_id, None)
             else:
-                self._desired[task_id] = endpoint
+                self._desired[task_id] = wanted
         loop = self._loop
         if loop is None:
             self._apply_to_cache(changes)
@@ -277,8 +326,9 @@ class EndpointWatch:
             self._apply_to_cache(changes)
 
     def _apply_to_cache(self, changes: EndpointChanges) -> None:
-        for task_id, endpoint in changes.items():
-            if endpoint is None:
-                self.endpoints.remove(task_id)
+        for task_id, wanted in changes.items():
+            if wanted.stable is None:
+                self.endpoints.remove(task_id)  # and its canary
             else:
-                self.endpoints.put(endpoint)
+                self.endpoints.put(wanted.stable)
+                self.endpoints.put_canary(task_id, wanted.canary)

@@ -15,6 +15,7 @@ from typing import Any
 from kubernetes import client
 
 from app.core.manifests import (
+    KIND_CANARY,
     KIND_INFERENCE,
     KIND_TRAINING,
     LABEL_MANAGED_BY,
@@ -25,12 +26,14 @@ from app.core.manifests import (
     rollout_of,
     task_selector,
 )
+from app.core.manifests import revision_of as template_revision_of
 from app.core.names import job_name
 from app.errors import MlopsError, TaskConflict, TaskNotFound
 from app.runtime.base import AlreadyExists, EndpointCache, WorkloadState
 from app.runtime.kubernetes.api import (
     DEPLOYMENTS,
     EVENTS,
+    HPAS,
     JOBS,
     PODS,
     RESOURCE_OF_KIND,
@@ -85,6 +88,23 @@ def _belongs(obj: dict[str, Any], kind: str, task_id: str | None = None) -> bool
         and labels.get(LABEL_TASK_KIND) == kind
         and (task_id is None or labels.get(LABEL_TASK_ID) == task_id)
     )
+
+
+def _task_kind(obj: dict[str, Any]) -> str:
+    return _labels(obj).get(LABEL_TASK_KIND, "")
+
+
+def _find(manifests: Objects, kind: str, task_kind: str | None = None) -> dict[str, Any] | None:
+    """The manifest of that object kind (and task-kind label, if given)."""
+    return next((m for m in manifests if m["kind"] == kind and (task_kind is None or _task_kind(m) == task_kind)),
+                None)
+
+
+def _autoscaled_replicas(live: dict[str, Any], autoscaler: dict[str, Any]) -> int:
+    """The replicas the autoscaler chose (the live Deployment's), within its bounds as it keeps them."""
+    spec = autoscaler["spec"]
+    chosen = (live.get("spec") or {}).get("replicas", 1)
+    return max(spec.get("minReplicas", 1), min(spec["maxReplicas"], chosen))
 
 
 def _owned_by(manifest: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
@@ -208,9 +228,10 @@ class KubernetesRuntime:
     ) -> tuple[Resource, dict[str, Any]]:
         resource = RESOURCE_OF_KIND[manifest["kind"]]
         name = manifest["metadata"]["name"]
-        # The Service is owned by its Deployment, so the cluster removes it with the Deployment whoever deletes that.
+        # The rest (the Service, a canary's Deployment and Service, the autoscaler) is owned by the
+        # task's Deployment, so the cluster removes it with the Deployment whoever deletes that.
         owner = next((obj for r, obj in made if r is DEPLOYMENTS), None)
-        body = _owned_by(manifest, owner) if owner is not None and resource is SERVICES else manifest
+        body = _owned_by(manifest, owner) if owner is not None else manifest
         try:
             return resource, self.api.create(resource, body)
         except ObjectExists:
@@ -220,7 +241,7 @@ class KubernetesRuntime:
             if state is not None:
                 raise AlreadyExists(state) from None
         existing = self.api.get(resource, name)
-        if made and existing is not None and _belongs(existing, kind, task_id):
+        if made and existing is not None and _belongs(existing, _task_kind(manifest), task_id):
             return resource, existing  # made by an earlier try of this same create (its answer was lost)
         holder = _labels(existing or {}).get(LABEL_TASK_ID)
         whose = f"belongs to task '{holder}'" if holder else "was not made by this API"
@@ -230,10 +251,14 @@ class KubernetesRuntime:
         )
 
     def update(self, kind: str, task_id: str, manifests: Objects, current: WorkloadState) -> WorkloadState:
-        """Replace the Deployment (its pod template: a new revision; its replicas); the cluster rolls
-        it out with the strategy the manifest carries (a new pod ready before an old one stops)."""
-        by_kind = {manifest["kind"]: manifest for manifest in manifests}
-        wanted = by_kind["Deployment"]
+        """Make the task's objects exactly `manifests`. The Deployment is replaced (its pod template:
+        a new revision; its replicas; its rollout annotation: a canary's weight) and the cluster
+        rolls it out with the strategy the manifest carries (a new pod ready before an old one
+        stops). A canary's Deployment and Service are made or replaced before the Deployment's
+        annotation names them, and removed after it no longer does; so is the autoscaler. While an
+        autoscaler is wanted, the Deployment keeps the replicas it chose."""
+        wanted = _find(manifests, "Deployment", KIND_INFERENCE)
+        assert wanted is not None, "an inference task's manifests start with its Deployment"
         name = wanted["metadata"]["name"]
         live = self.api.get(DEPLOYMENTS, name)
         if live is None or not _belongs(live, kind, task_id):
@@ -247,16 +272,87 @@ class KubernetesRuntime:
             or rollout_of(live) != current.rollout
         ):
             raise self._changed_meanwhile(task_id, name)
+        autoscaler = _find(manifests, "HorizontalPodAutoscaler")
+        body = _replacing(wanted, live)
+        if autoscaler is not None:
+            body["spec"] = {**body["spec"], "replicas": _autoscaled_replicas(live, autoscaler)}
+        made: Made = []
         try:
-            replaced = self.api.replace(DEPLOYMENTS, _replacing(wanted, live))
-        except ObjectGone:
-            raise TaskNotFound(f"no deployment '{task_id}': its Deployment '{name}' is gone", field="taskId") from None
-        except ObjectChanged:
-            raise self._changed_meanwhile(task_id, name) from None
+            # The canary's objects first: the Deployment's annotation names the canary only once they are there.
+            for manifest in manifests:
+                if _task_kind(manifest) == KIND_CANARY:
+                    self._put(task_id, manifest, live, made)
+            try:
+                replaced = self.api.replace(DEPLOYMENTS, body)
+            except ObjectGone:
+                raise TaskNotFound(f"no deployment '{task_id}': its Deployment '{name}' is gone",
+                                   field="taskId") from None
+            except ObjectChanged:
+                raise self._changed_meanwhile(task_id, name) from None
+        except BaseException:
+            self._remove(made)  # a refused update makes nothing
+            raise
         self._watch.observe(DEPLOYMENTS, replaced)
-        if "Service" in by_kind:
-            self._update_service(by_kind["Service"])
+        for manifest in manifests:
+            if manifest["kind"] == "Service" and _task_kind(manifest) == KIND_INFERENCE:
+                self._put(task_id, manifest, replaced, [], quiet=True)
+        if autoscaler is not None:
+            self._put(task_id, autoscaler, replaced, [], quiet=True)
+        names = {(m["kind"], m["metadata"]["name"]) for m in manifests}
+        self._remove_unwanted(task_id, names)
         return self._states(kind, [replaced], task_id=task_id)[0]
+
+    def _put(self, task_id: str, manifest: dict[str, Any], owner: dict[str, Any], made: Made,
+             quiet: bool = False) -> dict[str, Any] | None:
+        """Create `manifest` (owned by `owner`, added to `made`) or replace the task's object of its
+        name if that lacks what the manifest sets. A Service keeps its cluster IP and the rest the
+        cluster filled in (spec keys the manifest does not set). With `quiet`, an object changed or
+        gone meanwhile is logged and left (the Deployment, the new revision, is in already)."""
+        resource = RESOURCE_OF_KIND[manifest["kind"]]
+        name = manifest["metadata"]["name"]
+        live = self.api.get(resource, name)
+        try:
+            if live is None:
+                try:
+                    obj = self.api.create(resource, _owned_by(manifest, owner))
+                except ObjectExists:
+                    raise ObjectChanged(f"{resource} '{name}' was made meanwhile") from None
+                made.append((resource, obj))
+            else:
+                if not _belongs(live, _task_kind(manifest), task_id):
+                    holder = _labels(live).get(LABEL_TASK_ID)
+                    whose = f"belongs to task '{holder}'" if holder else "was not made by this API"
+                    raise TaskConflict(f"a {manifest['kind']} named '{name}' already exists in namespace "
+                                       f"'{self.namespace}' and {whose}", field="modelId")
+                if _covers(live, manifest):
+                    return live
+                body = _replacing(manifest, live)
+                if resource is SERVICES:
+                    body["spec"] = {**(live.get("spec") or {}), **(manifest.get("spec") or {})}
+                obj = self.api.replace(resource, body)
+        except (ObjectGone, ObjectChanged) as exc:
+            if not quiet:
+                raise self._changed_meanwhile(task_id, name) from None
+            log.warning("the %s %s was not updated: %s", manifest["kind"], name, exc)
+            return None
+        if resource in WATCHED:
+            self._watch.observe(resource, obj)
+        return obj
+
+    def _remove_unwanted(self, task_id: str, wanted: set[tuple[str, str]]) -> None:
+        """Delete the task's canary objects and autoscaler that are not among `wanted` (kind, name):
+        a canary aborted or promoted, autoscaling turned off. The Service before its Deployment."""
+        extras = [(SERVICES, KIND_CANARY, "Service"), (DEPLOYMENTS, KIND_CANARY, "Deployment"),
+                  (HPAS, KIND_INFERENCE, "HorizontalPodAutoscaler")]
+        for resource, task_kind, object_kind in extras:
+            objects, _ = self.api.list(resource, task_selector(task_kind, task_id))
+            for obj in objects:
+                if (object_kind, obj["metadata"]["name"]) in wanted:
+                    continue
+                try:
+                    self.api.delete(resource, obj["metadata"]["name"], obj["metadata"]["uid"])
+                except TaskConflict as exc:  # made again meanwhile: that one is someone's newer wish
+                    log.warning("the %s %s was not removed: %s", object_kind, obj["metadata"]["name"], exc)
 
     def _changed_meanwhile(self, task_id: str, name: str) -> TaskConflict:
         return TaskConflict(
@@ -264,22 +360,6 @@ class KubernetesRuntime:
             f"updated by someone else); read it again and retry",
             field="taskId",
         )
-
-    def _update_service(self, wanted: dict[str, Any]) -> None:
-        """The Service records the request too: replaced only if it lacks what `wanted` sets. Its
-        cluster IP and the rest the cluster filled in stay (spec keys the manifest does not set)."""
-        live = self.api.get(SERVICES, wanted["metadata"]["name"])
-        if live is None or _covers(live, wanted):
-            return
-        body = _replacing(wanted, live)
-        body["spec"] = {**(live.get("spec") or {}), **(wanted.get("spec") or {})}
-        try:
-            replaced = self.api.replace(SERVICES, body)
-        except (ObjectGone, ObjectChanged) as exc:
-            # The Deployment (the new revision) is in: a Service changed or gone meanwhile is left to its owner.
-            log.warning("the Service %s was not updated: %s", wanted["metadata"]["name"], exc)
-            return
-        self._watch.observe(SERVICES, replaced)
 
     def _remove(self, made: Made) -> None:
         for resource, obj in reversed(made):
@@ -314,13 +394,17 @@ class KubernetesRuntime:
             if job is None or not _belongs(job, kind, task_id):
                 return False
             return self.api.delete(JOBS, job["metadata"]["name"], job["metadata"]["uid"])
-        selector = task_selector(kind, task_id)
-        services, _ = self.api.list(SERVICES, selector)
-        deployments, _ = self.api.list(DEPLOYMENTS, selector)
+        # The Services first: predicts stop being routed before the pods go. The canary's objects
+        # and the autoscaler are owned by the Deployment too (the garbage collector would remove
+        # them), but are deleted here so that none outlives the answer.
+        selector, canary = task_selector(kind, task_id), task_selector(KIND_CANARY, task_id)
+        doomed = [(SERVICES, selector), (SERVICES, canary), (HPAS, selector), (DEPLOYMENTS, canary),
+                  (DEPLOYMENTS, selector)]
         deleted = False
-        # The Service first: predicts stop being routed before the pods go.
-        for resource, obj in [*((SERVICES, s) for s in services), *((DEPLOYMENTS, d) for d in deployments)]:
-            deleted = self.api.delete(resource, obj["metadata"]["name"], obj["metadata"]["uid"]) or deleted
+        for resource, labels in doomed:
+            objects, _ = self.api.list(resource, labels)
+            for obj in objects:
+                deleted = self.api.delete(resource, obj["metadata"]["name"], obj["metadata"]["uid"]) or deleted
         self._watch.forget(task_id)
         return deleted
 
@@ -377,7 +461,36 @@ class KubernetesRuntime:
             for state, obj in zip(states, objects, strict=True):
                 task_pods = pods.get(state.task_id, []) if listed else None
                 state.serving_revision, state.revision_problem = revision_status(obj, task_pods)
+            self._canary_states([state for state in states if (state.rollout or {}).get("canary")], task_id, events)
         return states
+
+    def _canary_states(self, states: States, task_id: str | None, events: Objects | None) -> None:
+        """The readiness of the canaries the states' rollouts name, and why one is not ready."""
+        if not states:
+            return
+        listed, _ = self.api.list(DEPLOYMENTS, task_selector(KIND_CANARY, task_id))
+        groups: PodsByTask = defaultdict(list)
+        for obj in listed:
+            groups[_labels(obj).get(LABEL_TASK_ID, "")].append(obj)
+        canaries = {task: newest(group) for task, group in groups.items()}
+        phases = {task: inference_phase(obj, []) for task, obj in canaries.items() if obj is not None}
+        pods = (self._pods_by_task(KIND_CANARY, task_id)
+                if any(phase != DeploymentStatus.READY for phase, _ in phases.values()) else {})
+        if events is None and any(phase in _PENDING for phase, _ in phases.values()):
+            events, _ = self.api.list(EVENTS, fields="type=Warning")
+        for state in states:
+            canary = canaries.get(state.task_id)
+            wanted = (state.rollout or {})["canary"].get("revision")
+            if canary is None:
+                state.canary_ready_replicas, state.canary_problem = 0, "the canary's Deployment is missing"
+                continue
+            state.canary_ready_replicas = (canary.get("status") or {}).get("readyReplicas", 0)
+            phase, message = inference_phase(canary, pods.get(state.task_id, []), events or [])
+            running = template_revision_of(canary["spec"]["template"])
+            if phase != DeploymentStatus.READY:
+                state.canary_problem = message
+            elif running != wanted:
+                state.canary_problem = f"the canary's Deployment runs revision {running}, not {wanted} yet"
 
     def _pods_by_task(self, kind: str, task_id: str | None) -> PodsByTask:
         pods, _ = self.api.list(PODS, task_selector(kind, task_id))
