@@ -129,7 +129,8 @@ class ApiProcess:
 
 def kill_workloads(data_dir: Path) -> None:
     """Stop every supervisor (and so every workload) a test left in a data directory."""
-    for info in data_dir.glob("tasks/*/*/supervisor.json"):
+    # A Job's supervisor is in its task's directory; a Deployment's, one per revision, in pods/<N>/.
+    for info in [*data_dir.glob("tasks/*/*/supervisor.json"), *data_dir.glob("tasks/*/*/pods/*/supervisor.json")]:
         with contextlib.suppress(Exception):
-            pid = int(__import__("json").loads(info.read_text())["pid"])
+            pid = int(json.loads(info.read_text())["pid"])
             os.killpg(pid, signal.SIGKILL)
