@@ -9,7 +9,7 @@ import signal
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import wait_until
+from tests.support import model_server_dir, wait_until
 from tests.test_predict_path import _deploy_stub
 
 Sample = tuple[str, dict[str, str], float]
@@ -78,7 +78,7 @@ def test_upstream_failures_are_counted_by_reason(api_factory, tmp_path) -> None:
         wait_until(lambda: client.post("/api/v1/inference/deploy-1/predict", json=body).status_code == 200,
                    timeout=30, what="the stub to answer")
         # The model server's process group goes away: the next predict is refused, 503.
-        supervisor = json.loads((data_dir / "tasks" / "inference" / "deploy-1" / "supervisor.json").read_text())
+        supervisor = json.loads((model_server_dir(data_dir, "deploy-1") / "supervisor.json").read_text())
         os.killpg(int(supervisor["pid"]), signal.SIGKILL)
         wait_until(lambda: client.post("/api/v1/inference/deploy-1/predict", json=body).status_code == 503,
                    timeout=10, what="a refused predict")
