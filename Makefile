@@ -38,11 +38,11 @@ vllm-env: $(VLLM_STAMP)
 run: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m app
 
-## test: run the whole test suite (the language-model tests start vLLM from .venv-vllm)
+## test: run the whole test suite, in two processes (the language-model tests start vLLM from .venv-vllm)
 test: $(STAMP) $(VLLM_STAMP)
 	./tests/platform_support/fetch_prometheus.sh .tools
 	$(PY) -m ruff check app models script tests benchmarks
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 ## bench: the predict-path benchmark against the peers (run by hand; writes docs/benchmarks.md)
 bench: $(STAMP)

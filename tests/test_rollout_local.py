@@ -314,3 +314,38 @@ def test_canary_split_promotion_and_an_aborted_canary_under_load(api_factory, ve
         served = {client.post(f"/api/v1/inference/{TASK}/predict", json=SEED_PREDICT_BODY).headers["x-mlops-revision"]
                   for _ in range(40)}
         assert served == {"2", "4"}
+
+
+def predicts_served(pods: Path) -> dict[str, int]:
+    """Predict access lines per model-server directory (pods/<revision>[-<replica>])."""
+    return {pod.name: sum(1 for line in (pod / "output.log").read_text().splitlines()
+                          if '"POST /predict' in line or ('"path":"/predict"' in line and '"status":200' in line))
+            for pod in sorted(pods.iterdir()) if (pod / "output.log").exists()}
+
+
+def test_replicas_run_that_many_servers_and_calls_are_balanced(api_factory, versions: dict[str, str]) -> None:
+    api = api_factory()
+    pods = api.data_dir / "tasks" / "inference" / TASK / "pods"
+    with api.client() as client:
+        assert client.post(DEPLOYMENTS, json={"taskId": TASK, "modelId": "houses-replicas",
+                                              "mlflowRunId": versions["1"], "modelProfile": "tabular_regression"}
+                           ).status_code == 201
+        wait_for_deployment(client, TASK)
+        with Load(api.url, threads=6) as load:
+            scaled = client.patch(f"{DEPLOYMENTS}/{TASK}", json={"replicas": 3})
+            assert scaled.status_code == 202 and scaled.json()["replicas"] == 3
+            assert scaled.json()["revision"] == 1  # the same model: no new revision
+            wait_until(lambda: client.get(f"{DEPLOYMENTS}/{TASK}").json()["readyReplicas"] == 3, timeout=90,
+                       what="three ready model servers")
+            before = predicts_served(pods)
+            mark = len(load.answers)
+            wait_until(lambda: len(load.answers) - mark >= 300, timeout=60, what="300 predicts")
+            after = predicts_served(pods)
+            grown = {name: after[name] - before.get(name, 0) for name in after}
+            assert set(grown) == {"1", "1-1", "1-2"} and all(count > 0 for count in grown.values()), grown
+
+            assert client.patch(f"{DEPLOYMENTS}/{TASK}", json={"replicas": 1}).status_code == 202
+            wait_until(lambda: sorted(p.name for p in pods.iterdir()) == ["1"], timeout=60,
+                       what="the extra model servers to stop")
+            assert client.get(f"{DEPLOYMENTS}/{TASK}").json()["readyReplicas"] == 1
+        assert {code for code, _ in load.answers} == {200}

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import random
 import time
+from dataclasses import replace
 from typing import Any
 
 from app.access_log import AccessLog
@@ -66,6 +67,9 @@ class DataPlane:
         self.upstream = upstream
         self.revisions = revisions or RevisionStats()
         self.calls = CallObserver(access_log, metrics, self.revisions)
+        # Calls in flight per model server (base URL), for the choice between replicas.
+        self.in_flight: dict[str, int] = {}
+        self._turn = 0
 
     async def close(self) -> None:
         await self.upstream.close()
@@ -76,7 +80,14 @@ class DataPlane:
         canary = self.endpoints.canary(admitted.endpoint.task_id)
         if canary is not None and canary.endpoint.ready and random.random() * 100 < canary.weight:
             return canary.endpoint
-        return admitted.endpoint
+        endpoint = admitted.endpoint
+        if not endpoint.alternates:
+            return endpoint
+        # Several replicas: the one with the fewest calls in flight (ties go round in turn).
+        urls = (endpoint.base_url, *endpoint.alternates)
+        self._turn = (self._turn + 1) % len(urls)
+        chosen = min(urls[self._turn:] + urls[:self._turn], key=lambda url: self.in_flight.get(url, 0))
+        return endpoint if chosen == endpoint.base_url else replace(endpoint, base_url=chosen)
 
     async def serve(self, found: Match, scope: Scope, receive: Any, send: Any) -> None:
         """Answer one data-plane call; it is observed once, whatever its end."""
@@ -104,6 +115,7 @@ class DataPlane:
             body = await read_body(receive, admitted.body_limit)
             endpoint = self.choose_upstream(admitted)
             call.upstream, call.model_id, call.revision = endpoint.base_url, endpoint.model_id or "", endpoint.revision
+            self.in_flight[endpoint.base_url] = self.in_flight.get(endpoint.base_url, 0) + 1
             if endpoint.revision is not None:  # which revision answered (a canary's, or the stable one's)
                 answer_headers.append((REVISION, str(endpoint.revision).encode()))
             headers = {"content-type": content_type, "x-request-id": call.request_id}
@@ -136,6 +148,8 @@ class DataPlane:
         except ClientGone:
             call.status, call.outcome = 499, "the client left before its body was complete"
         finally:
+            if call.upstream is not None:
+                self.in_flight[call.upstream] -= 1
             self.calls.observe(call)
 
     def _failed(self, call: Call, failure: UpstreamFailure | None = None, answer: Answer | None = None,

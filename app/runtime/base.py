@@ -78,6 +78,9 @@ class Endpoint:
     served_model_name: str | None = None
     # The revision whose model this server answers with (the answer's X-Mlops-Revision header).
     revision: int | None = None
+    # More ready servers of the same revision (the local runtime's replicas): the data plane sends
+    # each call to the one of base_url and these with the fewest calls in flight.
+    alternates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,10 @@ class EndpointCache:
                                                                            message=message))
             return
         endpoint = self._endpoints.get(task_id)
-        if endpoint is not None and endpoint.ready:
+        if endpoint is not None and base_url is not None and base_url in endpoint.alternates:
+            alternates = tuple(url for url in endpoint.alternates if url != base_url)
+            self._endpoints[task_id] = replace(endpoint, alternates=alternates)
+        elif endpoint is not None and endpoint.ready:
             self._endpoints[task_id] = replace(endpoint, ready=False, message=message)
 
     def task_ids(self) -> set[str]:

@@ -110,6 +110,22 @@ def _template_revision(manifests: list[dict[str, Any]]) -> int:
     return revision_of(manifests[0]["spec"]["template"]) or 1
 
 
+def _pod_name(revision: int, replica: int = 0) -> str:
+    return str(revision) if replica == 0 else f"{revision}-{replica}"
+
+
+def _parse_pod_name(name: str) -> tuple[int, int] | None:
+    revision, _, replica = name.partition("-")
+    if not revision.isdigit() or (replica and not replica.isdigit()):
+        return None
+    return int(revision), int(replica or 0)
+
+
+def _replicas(record: dict[str, Any]) -> int:
+    """The stable Deployment's replicas: that many model servers of the serving revision."""
+    return max(1, int(record["manifests"][0]["spec"].get("replicas") or 1))
+
+
 def _canary_workload(manifests: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The canary's Deployment among a task's objects, if one runs."""
     return next((obj for obj in manifests if obj["kind"] == "Deployment"
@@ -314,17 +330,20 @@ class LocalRuntime:
         return self.root / kind / task_id
 
     @staticmethod
-    def _pod_dir(kind: str, task_dir: Path, revision: int | None) -> Path:
+    def _pod_dir(kind: str, task_dir: Path, revision: int | None, replica: int = 0) -> Path:
         """Where a workload's process lives: a Job's in its task directory, a Deployment's revision's
-        in pods/<revision>/."""
-        return task_dir if kind == KIND_TRAINING or revision is None else task_dir / "pods" / str(revision)
+        in pods/<revision>/ (its first replica) and pods/<revision>-<n>/ (the others)."""
+        if kind == KIND_TRAINING or revision is None:
+            return task_dir
+        return task_dir / "pods" / _pod_name(revision, replica)
 
-    def _pod_dirs(self, kind: str, task_dir: Path) -> dict[int, Path]:
+    def _pod_dirs(self, kind: str, task_dir: Path) -> dict[tuple[int, int], Path]:
+        """(revision, replica) -> directory."""
         if kind == KIND_TRAINING:
-            return {0: task_dir}
+            return {(0, 0): task_dir}
         pods = task_dir / "pods"
         found = pods.iterdir() if pods.exists() else ()
-        return {int(path.name): path for path in found if path.name.isdigit()}
+        return {parsed: path for path in found if (parsed := _parse_pod_name(path.name)) is not None}
 
     @staticmethod
     def _serving_revision(task_dir: Path, record: dict[str, Any]) -> int:
@@ -412,9 +431,8 @@ class LocalRuntime:
         if endpoint is not None and not endpoint.ready and status.get("phase") == "Running":
             # Another API worker may have seen it ready first: ask the server now, not at the next probe.
             endpoint = self._probe_now(endpoint)
-        # The local runtime runs one model-server process per revision.
         ready = endpoint is not None and endpoint.ready
-        state.ready_replicas = 1 if ready else 0
+        state.ready_replicas = (1 + len(endpoint.alternates)) if endpoint is not None and ready else 0
         state.serving_revision = serving if ready else None
         if newest != serving:
             state.revision_problem = self._crash_report(self._pod_dir(KIND_INFERENCE, task_dir, newest))
@@ -448,12 +466,12 @@ class LocalRuntime:
     # -- processes --------------------------------------------------------------------------
 
     def _start_pod(self, kind: str, task_dir: Path, record: dict[str, Any], revision: int | None,
-                   workload: dict[str, Any] | None = None) -> None:
+                   workload: dict[str, Any] | None = None, replica: int = 0) -> None:
         """The process of a Job, or of a Deployment's revision: `workload`'s pod template (default:
         the task's first object's)."""
-        pod_dir = self._pod_dir(kind, task_dir, revision)
+        pod_dir = self._pod_dir(kind, task_dir, revision, replica)
         pod_dir.mkdir(parents=True, exist_ok=True)
-        port = record["ports"][str(revision)] if revision is not None else None
+        port = record["ports"][_pod_name(revision, replica)] if revision is not None else None
         spec = self._process_spec(kind, pod_dir, workload or record["manifests"][0], port)
         # The process spec holds the workload's resolved credentials: owner-only.
         write_json_atomic(pod_dir / "process.json", spec, mode=0o600)
@@ -579,8 +597,8 @@ class LocalRuntime:
     # -- reconcile: endpoints, readiness, restarts -----------------------------------------
 
     @staticmethod
-    def _url(record: dict[str, Any], revision: int) -> str:
-        return f"http://127.0.0.1:{record['ports'][str(revision)]}"
+    def _url(record: dict[str, Any], revision: int, replica: int = 0) -> str:
+        return f"http://127.0.0.1:{record['ports'][_pod_name(revision, replica)]}"
 
     @staticmethod
     def _readiness_path(record: dict[str, Any]) -> str:
@@ -634,14 +652,62 @@ class LocalRuntime:
                                                       _canary_weight(record)))
         else:
             self.endpoints.put_canary(task_id, None)
+        replicas = _replicas(record)
+        if serving == newest:
+            self._scale(task_id, task_dir, record, newest, replicas)
         retiring = (_read_json(task_dir / "serving.json") or {}).get("retiring", {})
         now = time.time()
-        for revision, pod_dir in self._pod_dirs(KIND_INFERENCE, task_dir).items():
-            if revision in (newest, serving, canary) or retiring.get(str(revision), 0) > now:
+        for (revision, replica), pod_dir in self._pod_dirs(KIND_INFERENCE, task_dir).items():
+            needed = revision in (newest, serving, canary) and (replica == 0 or (revision == serving and
+                                                                replica < replicas))
+            if needed or retiring.get(str(revision), 0) > now or retiring.get(pod_dir.name, 0) > now:
                 if not self._supervisor_alive(pod_dir):
                     self._restart_supervisor(task_dir, pod_dir)
+            elif revision == serving and str(revision) not in retiring and pod_dir.name not in retiring:
+                self._drain_pod(task_dir, pod_dir.name)  # a replica scaled away: calls in flight finish
             else:
                 self._retire(task_dir, revision, pod_dir)
+
+    def _scale(self, task_id: str, task_dir: Path, record: dict[str, Any], revision: int, replicas: int) -> None:
+        """Run `replicas` model servers of the serving revision; the ready ones beside the first are
+        the endpoint's alternates (the data plane balances between them)."""
+        for replica in range(1, replicas):
+            if not self._pod_dir(KIND_INFERENCE, task_dir, revision, replica).exists():
+                record = self._add_replica(task_dir, revision, replica) or record
+        path = self._readiness_path(record)
+        ready = tuple(url for replica in range(1, replicas)
+                      if _pod_name(revision, replica) in record["ports"]
+                      and self._answers_ready((url := self._url(record, revision, replica)) + path))
+        endpoint = self.endpoints.get(task_id)
+        if endpoint is not None and endpoint.alternates != ready:
+            self.endpoints.put(replace(endpoint, alternates=ready))
+
+    def _add_replica(self, task_dir: Path, revision: int, replica: int) -> dict[str, Any] | None:
+        """Start one more model server of `revision` (under the task's lock); the record after."""
+        with open(task_dir / "lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            record = _read_json(task_dir / "task.json")
+            if record is None or (task_dir / "deleting").exists() or record.get("revision") != revision:
+                return None
+            if self._pod_dir(KIND_INFERENCE, task_dir, revision, replica).exists():
+                return record
+            name = _pod_name(revision, replica)
+            record["ports"][name] = record["ports"].get(name) or _free_port()
+            write_json_atomic(task_dir / "task.json", record)
+            serving = _read_json(task_dir / "serving.json")
+            if serving is not None and name in serving.get("retiring", {}):  # scaled down, then up again
+                del serving["retiring"][name]
+                write_json_atomic(task_dir / "serving.json", serving)
+            self._start_pod(KIND_INFERENCE, task_dir, record, revision, replica=replica)
+            return record
+
+    @staticmethod
+    def _drain_pod(task_dir: Path, name: str) -> None:
+        with open(task_dir / "lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            serving = _read_json(task_dir / "serving.json") or {"revision": int(name.partition("-")[0])}
+            retiring = {**serving.get("retiring", {}), name: time.time() + DRAIN_SECONDS}
+            write_json_atomic(task_dir / "serving.json", {**serving, "retiring": retiring})
 
     @staticmethod
     def _answers_ready(url: str) -> bool:
@@ -683,10 +749,11 @@ class LocalRuntime:
                 with open(task_dir / "lock", "a") as lock:
                     fcntl.flock(lock, fcntl.LOCK_EX)
                     record = _read_json(task_dir / "task.json") or {}
-                    needed = (record.get("revision"), self._serving_revision(task_dir, record),
-                              (record.get("canary") or {}).get("revision"))
-                    if revision in needed:
-                        return  # rolled back to it, or made a canary, meanwhile
+                    serving = self._serving_revision(task_dir, record)
+                    replica = (_parse_pod_name(pod_dir.name) or (revision, 0))[1]
+                    needed = (record.get("revision"), serving, (record.get("canary") or {}).get("revision"))
+                    if revision in needed and (replica == 0 or (revision == serving and replica < _replicas(record))):
+                        return  # rolled back to it, made a canary or scaled up, meanwhile
                     (pod_dir / "retired").touch()
                     self._stop_supervisor(pod_dir)
                 shutil.rmtree(pod_dir, ignore_errors=True)
