@@ -67,9 +67,9 @@ class ControlPlane:
 
     def direct_url(self) -> str:
         """The model server the deployment runs, addressed without the API: the loopback port the
-        local runtime gave its Service (recorded in the task's directory)."""
+        local runtime gave its first revision's model server (recorded in the task's directory)."""
         record = json.loads((self.data_dir / "tasks" / "inference" / TASK_ID / "task.json").read_text())
-        return f"http://127.0.0.1:{record['port']}/predict"
+        return f"http://127.0.0.1:{record['ports']['1']}/predict"
 
     def api_rss_mib(self) -> float:
         # The model server runs under the API's supervisor: counted on its own, not here.
@@ -92,7 +92,8 @@ class ControlPlane:
 def stop_workloads(data_dir: Path) -> None:
     """Stop the model servers a control plane left running (they outlive the API, as pods would):
     after a failed run, or before a new one on the same data directory."""
-    for info in data_dir.glob("tasks/*/*/supervisor.json"):
+    # A Deployment's supervisors are one per revision, in pods/<N>/.
+    for info in [*data_dir.glob("tasks/*/*/supervisor.json"), *data_dir.glob("tasks/*/*/pods/*/supervisor.json")]:
         with contextlib.suppress(ValueError, KeyError, OSError):
             pid = int(json.loads(info.read_text())["pid"])
             # Only a supervisor of this very directory: the pid may have been reused since.

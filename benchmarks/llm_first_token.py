@@ -65,7 +65,7 @@ def main() -> None:
                     "modelProfile": "llm_chat"}).raise_for_status()
                 wait_until(lambda: client.get("/api/v1/inference/deployments/bench").json()["status"] == "Ready",
                            timeout=600, what="the model server")
-            port = json.loads((root / "data/tasks/inference/bench/task.json").read_text())["port"]
+            port = json.loads((root / "data/tasks/inference/bench/task.json").read_text())["ports"]["1"]
             routes = {"direct": f"http://127.0.0.1:{port}/v1/chat/completions",
                       "through the proxy": f"{api.url}/api/v1/inference/bench/v1/chat/completions"}
             samples: dict[str, list[tuple[float, float]]] = {name: [] for name in routes}

@@ -501,6 +501,9 @@ class LocalRuntime:
             "env": env,
             "cwd": str(self.project_root),
             "restartPolicy": "Never" if kind == KIND_TRAINING else "Always",
+            # How long a stopping model server may take to finish its calls in flight (a retired
+            # revision's streams end on it); a delete does not wait this long.
+            "graceSeconds": pod.get("terminationGracePeriodSeconds"),
         }
 
     def _claim_mounts(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
@@ -557,13 +560,13 @@ class LocalRuntime:
         # The pid may have been reused by an unrelated process since.
         return b"local_supervisor" in cmdline and str(task_dir).encode() + b"\0" in cmdline
 
-    def _stop_supervisor(self, task_dir: Path) -> None:
+    def _stop_supervisor(self, task_dir: Path, grace_seconds: float = GRACE_SECONDS) -> None:
         pid = self._supervisor_pid(task_dir)
         if pid is None or not self._supervisor_alive(task_dir):
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + GRACE_SECONDS + 2
+        deadline = time.monotonic() + grace_seconds + 2
         while time.monotonic() < deadline and self._group_alive(pid):
             time.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
@@ -755,7 +758,9 @@ class LocalRuntime:
                     if revision in needed and (replica == 0 or (revision == serving and replica < _replicas(record))):
                         return  # rolled back to it, made a canary or scaled up, meanwhile
                     (pod_dir / "retired").touch()
-                    self._stop_supervisor(pod_dir)
+                spec = _read_json(pod_dir / "process.json") or {}
+                # Outside the lock: a language model's streams may take minutes to end on it.
+                self._stop_supervisor(pod_dir, float(spec.get("graceSeconds") or GRACE_SECONDS))
                 shutil.rmtree(pod_dir, ignore_errors=True)
             except OSError:
                 pass  # the task was deleted meanwhile

@@ -61,9 +61,12 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
             )
             self.save(phase="Running", pid=self.child.pid, startedAt=now_iso(), finishedAt=None)
+            # The pod's terminationGracePeriodSeconds when its spec gives one (a language model's
+            # streams may take minutes to finish), else GRACE_SECONDS.
+            grace = float(self.process_spec.get("graceSeconds") or GRACE_SECONDS)
             while True:
                 try:
-                    return self.child.wait(timeout=GRACE_SECONDS if self.stopping else None)
+                    return self.child.wait(timeout=grace if self.stopping else None)
                 except subprocess.TimeoutExpired:
                     self.child.kill()
 
