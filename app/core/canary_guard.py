@@ -99,4 +99,4 @@ class CanaryGuard:
         log.warning("aborting the canary (revision %s) of %s: %s", revision, task_id, reason,
                     extra={"taskId": task_id, "revision": revision})
         self._thresholds_by_task.pop(task_id, None)
-        await self.deployments.abort_canary(task_id, reason=f"aborted by the control plane: {reason}")
+        await self.deployments.abort_canary(task_id, reason=f"by the control plane: {reason}")

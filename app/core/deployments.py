@@ -350,7 +350,7 @@ class DeploymentService:
             rollout = await self._promotion(rollout, body.promote_alias, dry_run)
         return await self._apply(state, profile, rollout, dry_run)
 
-    async def abort_canary(self, task_id: str, reason: str = "deleted by request", dry_run: bool = False
+    async def abort_canary(self, task_id: str, reason: str = "by request", dry_run: bool = False
                            ) -> DeploymentTask | list[dict[str, Any]]:
         """The canary's model servers leave rotation and stop; the serving revision takes every call."""
         state, profile, rollout, canary = await self._with_canary(task_id)

@@ -137,7 +137,7 @@ def revision_states(state: WorkloadState, rollout: Rollout) -> list[Revision]:
             revision_state = RevisionState.STARTING
         else:
             revision_state = RevisionState.RETIRED
-            message = f"canary aborted: {record.aborted}" if record.aborted else None
+            message = f"canary aborted {record.aborted}" if record.aborted else None
         items.append(Revision(revision=record.revision, model=record.model, created_at=record.created_at,
                               cause=record.cause, state=revision_state, message=message,
                               promoted_alias=record.promoted_alias))
