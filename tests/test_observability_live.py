@@ -121,7 +121,10 @@ def test_prometheus_scrapes_the_api_and_answers_the_dashboards_and_rules(
                 assert client.post("/api/v1/inference/deploy-obs/predict", json=features).status_code == 200
                 refused = client.post("/api/v1/inference/deploy-obs/predict", json=wrong)
                 assert refused.status_code == 422, refused.text
-                return prometheus.query('mlops:predict_errors_4xx:rate5m{task_id="deploy-obs"} > 0')
+                # Each rule's window needs two scrapes of its series; until then a ratio is 0/0 (NaN,
+                # which no comparison keeps).
+                return (prometheus.query('mlops:predict_errors_4xx:rate5m{task_id="deploy-obs"} > 0')
+                        and prometheus.query(f'mlops:api_5xx_ratio:rate5m{{namespace="{NS}"}} >= 0'))
 
             wait_until(recorded, timeout=60, interval=0.5, what="the recording rules to have data")
             check_recording_rules(prometheus)
