@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,11 @@ import pytest
 from app import embedded_mlflow
 from app.settings import PROJECT_ROOT
 from models.spec import TRAIN_SPEC_ENV, TrainSpec
+from tests.fake_kube.runtime import fake, loop, runtime
 from tests.support import ApiProcess, free_port, kill_workloads, regression_csv
+
+# The Kubernetes runtime tests' fixtures, shared: a fake API, an event loop thread, a runtime on them.
+__all__ = ["fake", "loop", "runtime"]
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +65,17 @@ def api_factory(tmp_path: Path, mlflow_uri: str) -> Iterator:
 @pytest.fixture
 def api(api_factory) -> ApiProcess:
     return api_factory()
+
+
+@pytest.fixture
+def model_servers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Model-server processes a test starts as the kubelet would; stopped afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

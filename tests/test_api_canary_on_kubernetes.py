@@ -22,10 +22,8 @@ from app.settings import PROJECT_ROOT
 from models.spec import TRAIN_SPEC_ENV, TrainSpec
 from tests.fake_kube import FakeKube
 from tests.support import regression_csv, wait_until
-from tests.test_api_on_kubernetes import ADMIN, PREDICT_BODY, kubernetes_app, model_servers, start_model_server
+from tests.test_api_on_kubernetes import ADMIN, PREDICT_BODY, kubernetes_app, start_model_server
 from tests.test_kubernetes_rollout import assert_valid_and_restricted, served_run
-
-__all__ = ["model_servers"]  # the fixture, imported for pytest
 
 TASK, MODEL = "canary-k8s", "house-canary"
 NAME, CANARY = f"infer-{MODEL}", f"canary-{MODEL}"

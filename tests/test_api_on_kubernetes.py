@@ -8,15 +8,12 @@ forwards to. Nothing in the routers knows which runtime is underneath.
 
 import json
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -68,17 +65,6 @@ def run_trainer_as_kubelet(fake: FakeKube, job_name: str, dataset: Path, mlflow_
         fake.fail_job(job_name, exit_code=done.returncode, termination_message=words)
 
 
-@pytest.fixture
-def model_servers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def start_model_server(deployment: dict[str, Any], mlflow_uri: str, servers: list) -> int:

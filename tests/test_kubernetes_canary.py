@@ -10,7 +10,6 @@ Every call the runtime makes must be one the platform's Role grants (the `fake` 
 """
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,16 +20,15 @@ from app.core.revisions import CanaryRecord, Rollout, first_rollout
 from app.errors import TaskConflict
 from app.runtime.base import Canary, Endpoint, WorkloadState
 from app.runtime.kubernetes import KubernetesRuntime
-from app.runtime.permissions import API_PROXY_PERMISSIONS, REQUIRED_PERMISSIONS, allows
 from app.schemas.inference import ServedModel
 from tests.fake_kube import FakeKube
 from tests.fake_kube import pods as pod_status
 from tests.fake_kube.loop import LoopThread
+from tests.fake_kube.runtime import make_runtime
 from tests.fake_kube.selectors import matches_labels
 from tests.fake_kube.tasks import RUN_ID, rollout_task
 from tests.support import wait_until
 from tests.test_kubernetes_rollout import assert_valid_and_restricted, wrap_get
-from tests.test_kubernetes_runtime import make_runtime
 
 TASK, MODEL = "deploy-a", "model-a"
 NAME, CANARY = "infer-model-a", "canary-model-a"
@@ -38,27 +36,6 @@ RUN_B = "b" * 32
 AUTOSCALING = {"minReplicas": 2, "maxReplicas": 5, "targetCpuUtilization": 70}
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    with FakeKube() as fake:
-        yield fake
-        undeclared = {(c.verb, c.api_group, c.resource) for c in fake.calls
-                      if not allows(REQUIRED_PERMISSIONS + API_PROXY_PERMISSIONS, c.api_group, c.resource, c.verb)}
-        assert not undeclared, f"the runtime used permissions its Role does not grant: {undeclared}"
-
-
-@pytest.fixture
-def loop() -> Iterator[LoopThread]:
-    with LoopThread() as loop:
-        yield loop
-
-
-@pytest.fixture
-def runtime(fake: FakeKube, loop: LoopThread) -> Iterator[KubernetesRuntime]:
-    runtime = make_runtime(fake)
-    loop.run(runtime.start())
-    yield runtime
-    loop.run(runtime.close())
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ Every call the runtime makes must be one the platform's Role grants (the `fake` 
 """
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes_validate
@@ -26,41 +26,19 @@ from app.core.revisions import Rollout, first_rollout, revision_states
 from app.errors import TaskConflict, TaskNotFound
 from app.runtime.base import WorkloadState
 from app.runtime.kubernetes import KubernetesRuntime
-from app.runtime.permissions import API_PROXY_PERMISSIONS, REQUIRED_PERMISSIONS, allows
 from app.schemas.inference import RevisionState, ServedModel
 from models.spec import SERVE_SPEC_ENV, ServeSpec
 from tests.fake_kube import FakeKube
 from tests.fake_kube import pods as pod_status
 from tests.fake_kube.loop import LoopThread
+from tests.fake_kube.runtime import make_runtime
 from tests.fake_kube.tasks import RUN_ID, inference_task
-from tests.test_kubernetes_runtime import make_runtime
 
 TASK, MODEL, NAME = "deploy-a", "model-a", "infer-model-a"
 RUN_B = "b" * 32
 KUBERNETES_VERSIONS = ("1.30", "1.31", "1.32", "1.33", "1.34", "1.35")
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    with FakeKube() as fake:
-        yield fake
-        undeclared = {(c.verb, c.api_group, c.resource) for c in fake.calls
-                      if not allows(REQUIRED_PERMISSIONS + API_PROXY_PERMISSIONS, c.api_group, c.resource, c.verb)}
-        assert not undeclared, f"the runtime used permissions its Role does not grant: {undeclared}"
-
-
-@pytest.fixture
-def loop() -> Iterator[LoopThread]:
-    with LoopThread() as loop:
-        yield loop
-
-
-@pytest.fixture
-def runtime(fake: FakeKube, loop: LoopThread) -> Iterator[KubernetesRuntime]:
-    runtime = make_runtime(fake)
-    loop.run(runtime.start())
-    yield runtime
-    loop.run(runtime.close())
 
 
 def deploy(runtime: KubernetesRuntime, fake: FakeKube) -> Rollout:

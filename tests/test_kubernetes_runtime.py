@@ -25,55 +25,16 @@ from app.errors import ClusterPermissionDenied, DependencyUnavailable, InvalidSp
 from app.runtime.base import AlreadyExists
 from app.runtime.kubernetes import KubernetesRuntime
 from app.runtime.kubernetes import connection as cluster_connection
-from app.runtime.kubernetes.api import RetryPolicy
 from app.runtime.kubernetes.routes import ApiServerProxyRoute, ServiceDnsRoute
-from app.runtime.permissions import API_PROXY_PERMISSIONS, REQUIRED_PERMISSIONS, allows
 from app.settings import Settings
 from tests.dataplane_support import Plane
 from tests.fake_kube import FakeKube
 from tests.fake_kube import pods as pod_status
 from tests.fake_kube.loop import LoopThread
+from tests.fake_kube.runtime import FAST_RETRY, make_runtime
 from tests.fake_kube.tasks import inference_task, training_task
 from tests.fake_kube.tls import make_tls_files
 from tests.support import free_port, wait_until
-
-FAST_RETRY = RetryPolicy(attempts=4, first_delay=0.01, max_delay=0.05)
-
-
-def make_runtime(fake: FakeKube, **overrides: Any) -> KubernetesRuntime:
-    options: dict[str, Any] = {
-        "retry": FAST_RETRY,
-        "watch_retry_delay_seconds": 0.05,
-        "endpoint_refresh_seconds": 0.1,
-        "log_wait_seconds": 5,
-    }
-    return KubernetesRuntime(fake.api_client(), fake.namespace, **(options | overrides))
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    with FakeKube() as fake:
-        yield fake
-        undeclared = {
-            (call.verb, call.api_group, call.resource)
-            for call in fake.calls
-            if not allows(REQUIRED_PERMISSIONS + API_PROXY_PERMISSIONS, call.api_group, call.resource, call.verb)
-        }
-        assert not undeclared, f"the runtime used permissions its Role does not grant: {undeclared}"
-
-
-@pytest.fixture
-def loop() -> Iterator[LoopThread]:
-    with LoopThread() as loop:
-        yield loop
-
-
-@pytest.fixture
-def runtime(fake: FakeKube, loop: LoopThread) -> Iterator[KubernetesRuntime]:
-    runtime = make_runtime(fake)
-    loop.run(runtime.start())
-    yield runtime
-    loop.run(runtime.close())
 
 
 def deploy(runtime: KubernetesRuntime, task_id: str = "deploy-a", model_id: str = "model-a") -> dict[str, Any]:
