@@ -263,7 +263,7 @@ class LocalRuntime:
                     record["ports"][str(canary_revision)] = _free_port()
                     self._start_pod(kind, task_dir, record, canary_revision, canary)
             if before is not None and before["revision"] not in (revision, record.get("canary", {}).get("revision")):
-                self._drain(task_dir, before["revision"])  # an aborted canary: calls in flight finish
+                self._drain(task_dir, str(before["revision"]))  # an aborted canary: calls in flight finish
             record["generation"] = record.get("generation", 1) + 1
             write_json_atomic(task_dir / "task.json", record)
         state = self._state(kind, task_id)
@@ -349,8 +349,8 @@ class LocalRuntime:
     def _serving_revision(task_dir: Path, record: dict[str, Any]) -> int:
         """The revision whose model server the endpoint uses: the one serving.json names, or, until
         a first update, the only one."""
-        serving = _read_json(task_dir / "serving.json")
-        return serving["revision"] if serving else record.get("revision", 1)
+        serving = _read_json(task_dir / "serving.json") or {}
+        return serving.get("revision", record.get("revision", 1))
 
     @staticmethod
     def _read_from(path: Path, offset: int) -> bytes:
@@ -667,7 +667,9 @@ class LocalRuntime:
                 if not self._supervisor_alive(pod_dir):
                     self._restart_supervisor(task_dir, pod_dir)
             elif revision == serving and str(revision) not in retiring and pod_dir.name not in retiring:
-                self._drain_pod(task_dir, pod_dir.name)  # a replica scaled away: calls in flight finish
+                with open(task_dir / "lock", "a") as lock:  # a replica scaled away: calls in flight finish
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    self._drain(task_dir, pod_dir.name)
             else:
                 self._retire(task_dir, revision, pod_dir)
 
@@ -705,14 +707,6 @@ class LocalRuntime:
             return record
 
     @staticmethod
-    def _drain_pod(task_dir: Path, name: str) -> None:
-        with open(task_dir / "lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            serving = _read_json(task_dir / "serving.json") or {"revision": int(name.partition("-")[0])}
-            retiring = {**serving.get("retiring", {}), name: time.time() + DRAIN_SECONDS}
-            write_json_atomic(task_dir / "serving.json", {**serving, "retiring": retiring})
-
-    @staticmethod
     def _answers_ready(url: str) -> bool:
         try:
             with urllib.request.urlopen(url, timeout=0.5):
@@ -729,15 +723,16 @@ class LocalRuntime:
             serving = _read_json(task_dir / "serving.json") or {"revision": newest, "retiring": {}}
             if record.get("revision") != newest or serving["revision"] == newest:
                 return serving["revision"]
-            retiring = {**serving.get("retiring", {}), str(serving["revision"]): time.time() + DRAIN_SECONDS}
-            write_json_atomic(task_dir / "serving.json", {"revision": newest, "retiring": retiring})
+            write_json_atomic(task_dir / "serving.json", {**serving, "revision": newest})
+            self._drain(task_dir, str(serving["revision"]))
             return newest
 
     @staticmethod
-    def _drain(task_dir: Path, revision: int) -> None:
-        """Keep a revision's model server for DRAIN_SECONDS more (call under the task's lock)."""
+    def _drain(task_dir: Path, name: str) -> None:
+        """Keep the model servers of a revision ("3"), or one replica ("3-1"), for DRAIN_SECONDS
+        more (call under the task's lock)."""
         serving = _read_json(task_dir / "serving.json") or {}
-        retiring = {**serving.get("retiring", {}), str(revision): time.time() + DRAIN_SECONDS}
+        retiring = {**serving.get("retiring", {}), name: time.time() + DRAIN_SECONDS}
         write_json_atomic(task_dir / "serving.json", {**serving, "retiring": retiring})
 
     def _retire(self, task_dir: Path, revision: int, pod_dir: Path) -> None:
