@@ -237,9 +237,7 @@ def test_a_generation_that_fails_mid_stream_breaks_the_clients_stream(served) ->
     """The module deployment's last test (keep it last): vLLM's worker is killed, as the kernel's OOM
     killer would, while it streams."""
     worker = vllm_worker(served, TASK_ID)
-    # As long a generation as the model allows, and the worker killed at the first chunk: on two busy
-    # cores the client may read slowly, and a shorter generation could end before the kill.
-    stream = openai_client(served).completions.create(model=MODEL_ID, prompt="the", max_tokens=4000, stream=True,
+    stream = openai_client(served).completions.create(model=MODEL_ID, prompt="the", max_tokens=3000, stream=True,
                                                       extra_body={"ignore_eos": True})
     received: list[str] = []
     finish_reasons = []
@@ -247,9 +245,9 @@ def test_a_generation_that_fails_mid_stream_breaks_the_clients_stream(served) ->
         for chunk in stream:
             received.append(chunk.choices[0].text)
             finish_reasons.append(chunk.choices[0].finish_reason)
-            if len(received) == 1:
+            if len(received) == 3:
                 worker.kill()
-    assert 1 <= len(received) < 4000 and set(finish_reasons) == {None}  # no end that passes for an answer
+    assert 3 <= len(received) < 3000 and set(finish_reasons) == {None}  # no end that passes for an answer
     # The server goes down with its engine: the deployment leaves rotation, and is restarted.
     with admin_client(served) as client:
         wait_until(lambda: client.get(f"/api/v1/inference/deployments/{TASK_ID}").json()["status"] != "Ready",
