@@ -1,4 +1,5 @@
-"""The FastAPI application, built from what it is given: `create_app(settings, runtime, tracking)`."""
+"""The API, built from what it is given: `create_app(settings, runtime, tracking)`: the data plane
+in front of the FastAPI application that serves every other route."""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -83,7 +84,7 @@ def document(app: FastAPI) -> None:
 
 def create_app(
     settings: Settings | None = None, runtime: Runtime | None = None, tracking: Tracking | None = None
-) -> FastAPI:
+) -> DataPlaneRoutes:
     settings = settings or Settings()
     if settings.mlflow_uri is None and tracking is None:
         raise ValueError("MLOPS_MLFLOW_URI is not set: start the API with `python -m app` (make run)")
@@ -126,14 +127,16 @@ def create_app(
     app.state.training = TrainingService(runtime, profiles, tracking, refs)
     app.state.deployments = deployments
     install_error_handlers(app)
-    # Added last = outermost. A caller without a token is refused before its body is read; the
-    # data plane, outermost, admits its own calls by the same rules (app/dataplane/admission.py).
+    # Added last = outermost. A caller without a token is refused before its body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, authenticator=authenticator)
     app.add_middleware(AccessLogMiddleware, access_log=access_log, metrics=request_metrics)
-    app.add_middleware(DataPlaneRoutes, plane=data_plane)
     document(app)
     app.include_router(health.router)
     app.include_router(training.router)
     app.include_router(inference.router)
-    return app
+    # The data plane sits in front of the FastAPI application, not among its middleware: Starlette
+    # would wrap it in its error and telemetry layers, a quarter of a forwarded call's CPU
+    # (docs/benchmarks.md). It admits its own calls by the same rules (app/dataplane/admission.py)
+    # and answers its own errors; every other request (and the lifespan) goes on to `app`.
+    return DataPlaneRoutes(app, data_plane)

@@ -1,6 +1,6 @@
-"""The data plane's ASGI layer: the outermost of the API, so a predict call pays for one dispatch,
-not for FastAPI's routing and middleware stack (docs/benchmarks.md). Every other request goes on
-to the management app untouched."""
+"""The data plane's ASGI layer: the outermost of the API, in front of the FastAPI application, so a
+predict call pays for one dispatch, not for FastAPI's routing and middleware stack
+(docs/benchmarks.md). Every other request goes on to the management app untouched."""
 
 import asyncio
 import contextlib
@@ -147,6 +147,9 @@ class DataPlane:
             await send_error(send, exc, answer_headers)
         except ClientGone:
             call.status, call.outcome = 499, "the client left before its body was complete"
+        except Exception:
+            call.status = call.status or 500  # a defect: uvicorn answers 500 and logs the traceback
+            raise
         finally:
             if call.upstream is not None:
                 self.in_flight[call.upstream] -= 1
@@ -208,7 +211,8 @@ async def _disconnected(receive: Any) -> None:
 
 
 class DataPlaneRoutes:
-    """ASGI middleware: the data plane's routes are served by `plane`, the rest by `app`."""
+    """The API's ASGI application: the data plane's routes are served by `plane`, every other
+    request (and the lifespan) by `app`, the FastAPI application."""
 
     def __init__(self, app: Any, plane: DataPlane):
         self.app = app
