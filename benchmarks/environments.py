@@ -16,10 +16,14 @@ PEER_REQUIREMENTS: dict[str, list[str]] = {
     "mlflow": ["mlflow==3.17.2", "skops==0.16.0"],
     "mlserver": ["mlserver==1.7.1", "mlserver-sklearn==1.7.1"],
     "kserve": ["kserve==0.21.0"],
+    # benchmarks/proxy_clients.py: the HTTP clients a Python proxy could forward with.
+    "clients": ["uvicorn[standard]==0.54.0", "pyreqwest==0.15.1", "aiohttp==3.14.5", "httpx==0.28.1",
+                "aiosonic==1.3.3", "blacksheep==2.6.4"],
 }
 # Shown in the report beside each peer.
 REPORTED_PACKAGES = ("mlflow", "mlserver", "mlserver-sklearn", "kserve", "scikit-learn", "numpy", "uvicorn",
-                     "fastapi", "pandas")
+                     "fastapi", "pandas", "pyreqwest", "aiohttp", "httpx", "aiosonic", "blacksheep", "httptools",
+                     "uvloop")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class PeerEnv:
 
 
 def requirements(name: str) -> list[str]:
+    if name == "clients":  # serves no model
+        return PEER_REQUIREMENTS[name]
     return [*PEER_REQUIREMENTS[name], f"scikit-learn=={sklearn.__version__}"]
 
 
