@@ -11,11 +11,13 @@ REQS := $(filter-out $(VLLM_REQS),$(wildcard requirements/*.txt))
 
 .PHONY: run test lint clean bench images images-test vllm-env
 
-$(STAMP): $(REQS)
+$(STAMP): $(REQS) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/torch-cpu.txt
 	$(PY) -m pip install --quiet -r requirements/dev.txt -c requirements/constraints.txt
+	# The client and the `mlops` command (mlops_client/), its dependencies pinned above.
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu

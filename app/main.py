@@ -92,7 +92,7 @@ def create_app(
     profiles = load_profiles(settings.profiles_path, known_handlers=set(HANDLERS))
     authenticator = build_authenticator(settings)
     runtime = runtime or build_runtime(settings)
-    tracking = tracking or Tracking(settings.mlflow_uri or "")
+    tracking = tracking or Tracking(settings.mlflow_uri or "", settings.mlflow_ui_url)
     refs = ClusterRefs(config_map=settings.config_map_name, s3_secret=settings.s3_secret_name)
     access_log = AccessLog(settings.access_log)
     request_metrics = RequestMetrics()

@@ -103,7 +103,7 @@ class InferenceSettings(_Strict):
 
 
 # Arguments script/llm_server.py gives vLLM itself; a profile's extra_args may not repeat them.
-VLLM_RESERVED_ARGS = ("--model", "--served-model-name", "--host", "--port")
+VLLM_RESERVED_ARGS = ("--model", "--served-model-name", "--host", "--port", "--shutdown-timeout")
 
 
 def _memory_limit_bytes(quantity: str) -> int | None:

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     profiles_path: Path = PROJECT_ROOT / "model_profiles.yaml"
     # Unset: `python -m app` starts an embedded MLflow server (SQLite + local artifacts).
     mlflow_uri: str | None = None
+    # Where a browser opens MLflow's UI, for the links in training statuses (unset: mlflow_uri).
+    mlflow_ui_url: str | None = None
     mlflow_port: int = 5000
     s3_endpoint_url: str | None = None
 

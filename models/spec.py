@@ -26,6 +26,10 @@ MODEL_ARTIFACT_PATH = "model"
 VLLM_PYTHON_ENV = "MLOPS_VLLM_PYTHON"
 # "false" turns 4-bit QLoRA off for a LoRA Job on a GPU (the profile's llm.qlora_on_gpu).
 QLORA_ENV = "MLOPS_LLM_QLORA"
+# How long a language model's server that is told to stop (a revision replaced, a replica scaled
+# away, a deployment deleted) keeps generating for the streams in flight before it aborts them:
+# vLLM's --shutdown-timeout, within the pod's termination grace period.
+LLM_STREAM_DRAIN_SECONDS = 300
 
 
 class _Spec(BaseModel):

@@ -4,7 +4,8 @@ script/serve.py hands over here. This process fetches the model into a local dir
 run's model, or a reference the profile allows; models/llm_chat.py), then runs
 
     <vLLM's Python> -m vllm.entrypoints.openai.api_server --model DIR --served-model-name MODEL_ID
-        --host HOST --port PORT --disable-uvicorn-access-log <the container's args>
+        --host HOST --port PORT --disable-uvicorn-access-log --shutdown-timeout SECONDS
+        <the container's args>
 
 where the container's args are the profile's (app/profiles.py VllmSettings.cli_args). The same
 command runs vLLM's CPU build (CPU nodes, the local runtime) and its CUDA build (GPU nodes).
@@ -30,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 
 from models.llm_chat import resolve_model_dir
-from models.spec import SERVE_HOST_ENV, SERVE_PORT_ENV, VLLM_PYTHON_ENV, ServeSpec
+from models.spec import LLM_STREAM_DRAIN_SECONDS, SERVE_HOST_ENV, SERVE_PORT_ENV, VLLM_PYTHON_ENV, ServeSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_VLLM_PYTHON = PROJECT_ROOT / ".venv-vllm" / "bin" / "python"
@@ -79,7 +80,10 @@ def server_command(python: str, model_dir: Path, spec: ServeSpec, host: str, por
     return [python, "-m", VLLM_SERVER_MODULE, "--model", str(model_dir),
             "--served-model-name", spec.served_model_name or spec.model_id, "--host", host, "--port", port,
             # The readiness and liveness probes would fill the log; the API logs every request.
-            "--disable-uvicorn-access-log", *profile_args]
+            "--disable-uvicorn-access-log",
+            # On SIGTERM, streams in flight finish (vLLM's default aborts them): a rolling update
+            # or a scale-in lets them end on the revision that started them.
+            "--shutdown-timeout", str(LLM_STREAM_DRAIN_SECONDS), *profile_args]
 
 
 def _exception_at(lines: list[str], index: int) -> str | None:

@@ -47,6 +47,8 @@ def test_the_command_line_is_vllms_openai_server_with_the_profiles_arguments_las
     assert command == ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server",
                        "--model", "/models/cache/run", "--served-model-name", "chat-model",
                        "--host", "0.0.0.0", "--port", "8080", "--disable-uvicorn-access-log",
+                       # streams in flight finish when the server is told to stop (a rolling update)
+                       "--shutdown-timeout", "300",
                        "--max-model-len", "4096", "--enforce-eager"]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from app.core.names import canary_name, inference_name, job_name
 from app.profiles import ModelProfile, Resources
-from models.spec import QLORA_ENV, SERVE_PORT_ENV, SERVE_SPEC_ENV, TRAIN_SPEC_ENV, ServeSpec, TrainSpec
+from models.spec import LLM_STREAM_DRAIN_SECONDS, QLORA_ENV, SERVE_PORT_ENV, SERVE_SPEC_ENV, TRAIN_SPEC_ENV, ServeSpec, TrainSpec
 
 MANAGED_BY = "fastapi-mlops-api"
 LABEL_NAME = "app.kubernetes.io/name"
@@ -54,7 +54,7 @@ PRESTOP_SLEEP_SECONDS = 5
 # After the sleep: time for the requests in flight to finish before SIGKILL. A language model's
 # streams can run for minutes; they finish on the revision that started them.
 DRAIN_SECONDS = 25
-LLM_DRAIN_SECONDS = 300
+LLM_DRAIN_SECONDS = LLM_STREAM_DRAIN_SECONDS + 5  # vLLM drains this long itself, then exits
 # A new pod must stay ready this long before it counts as available and an old one is stopped:
 # by then the endpoints that route to it have reached the nodes, and a server that passes its
 # readiness probe once and then crashes does not take a serving one with it.

@@ -33,14 +33,24 @@ class RunInfo:
     profile: str | None
 
 
+@dataclass(frozen=True)
+class RunOutcome:
+    metrics: dict[str, float]
+    registered_version: str | None
+    url: str | None
+
+
 class Tracking:
-    def __init__(self, tracking_uri: str):
+    def __init__(self, tracking_uri: str, ui_url: str | None = None):
         # The API answers users: fail fast instead of MLflow's default minutes of retries.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri
+        # Where people open MLflow's UI (MLOPS_MLFLOW_UI_URL; on a cluster the tracking URI is a
+        # Service address a browser cannot reach).
+        self.ui_url = ui_url or tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
 
     def _unavailable(self, exc: Exception) -> DependencyUnavailable:
@@ -110,6 +120,22 @@ class Tracking:
                 self.client.set_registered_model_alias(name, alias, version)
         except (MlflowException, OSError) as exc:
             raise self._unavailable(exc) from exc
+
+    def run_outcome(self, run_id: str, registered_name: str | None) -> RunOutcome | None:
+        """A finished run's metrics, the version of `registered_name` it registered, and its page in
+        the MLflow UI (when the tracking URI is a web address); None when MLflow cannot say."""
+        try:
+            run = self.client.get_run(run_id)
+            version = None
+            if registered_name:
+                found = self.client.search_model_versions(f"name = '{registered_name}' and run_id = '{run_id}'")
+                version = str(max(int(v.version) for v in found)) if found else None
+        except Exception as exc:
+            log.warning("reading the outcome of run %s failed: %s", run_id, exc)
+            return None
+        url = (f"{self.ui_url.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+               if self.ui_url.startswith(("http://", "https://")) else None)
+        return RunOutcome(dict(run.data.metrics), version, url)
 
     def latest_metrics(self, run_id: str) -> dict[str, float]:
         """The run's latest value of each metric; empty when MLflow cannot say."""

@@ -12,6 +12,7 @@ from app.core.tracking import Tracking
 from app.errors import Forbidden, InvalidSpec, TaskNotFound
 from app.profiles import ModelProfile
 from app.runtime.base import AlreadyExists, LogGone, Runtime, WorkloadState
+from app.core.tracking import RunOutcome
 from app.schemas.training import TrainingProgress, TrainingStatus, TrainingTask, TrainRequest
 from models.spec import TRAINER_LOG_ARTIFACT, TrainSpec, dataset_scheme
 
@@ -25,7 +26,12 @@ async def _once(chunk: bytes) -> AsyncIterator[bytes]:
 
 def progress_of(metrics: dict[str, float]) -> TrainingProgress | None:
     found = {field: int(metrics[name]) for field, name in PROGRESS_METRICS.items() if name in metrics}
-    return TrainingProgress(**found) if found else None
+    return TrainingProgress(**found, metrics=model_metrics(metrics)) if found else None
+
+
+def model_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics a person reads (a loss, a score), without the progress counters."""
+    return {name: value for name, value in sorted(metrics.items()) if not name.startswith("progress_")}
 
 
 def find_profile(profiles: dict[str, ModelProfile], name: str) -> ModelProfile:
@@ -43,8 +49,9 @@ class TrainingService:
         self.profiles = profiles
         self.tracking = tracking
         self.refs = refs
-        # Run ids never change once found; keyed by the task's incarnation.
+        # Run ids never change once found, nor a finished run's outcome; keyed by the task's incarnation.
         self._run_ids: dict[str, str] = {}
+        self._outcomes: dict[str, RunOutcome] = {}
 
     def plan(self, request: TrainRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The normalized request and the Job for it; raise InvalidSpec/Forbidden, change nothing."""
@@ -185,11 +192,20 @@ class TrainingService:
             run_id = await run_blocking(self.tracking.find_task_run, request["experimentName"], state.task_id)
             if run_id:
                 self._run_ids[state.uid] = run_id
-        progress = None
+        progress = outcome = None
         if run_id and state.phase == TrainingStatus.RUNNING:
             progress = progress_of(await run_blocking(self.tracking.latest_metrics, run_id))
+        if run_id and state.phase == TrainingStatus.SUCCEEDED:
+            outcome = self._outcomes.get(state.uid)
+            if outcome is None:
+                outcome = await run_blocking(self.tracking.run_outcome, run_id, request.get("customModelName"))
+                if outcome is not None:
+                    self._outcomes[state.uid] = outcome
         return TrainingTask(
             progress=progress,
+            metrics=model_metrics(outcome.metrics) if outcome else None,
+            registered_model_version=outcome.registered_version if outcome else None,
+            mlflow_run_url=outcome.url if outcome else None,
             task_id=state.task_id,
             status=TrainingStatus(state.phase),
             message=state.message,

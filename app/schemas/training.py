@@ -44,6 +44,8 @@ class TrainingProgress(CamelModel):
     total_steps: int | None = None
     epoch: int | None = None
     total_epochs: int | None = None
+    # The latest value of each other metric the trainer logged (a loss, a validation score).
+    metrics: dict[str, float] = Field(default_factory=dict)
 
 
 class TrainingTask(CamelModel):
@@ -64,6 +66,11 @@ class TrainingTask(CamelModel):
     completion_time: datetime | None = None
     mlflow_run_id: str | None = None
     progress: TrainingProgress | None = None
+    # Once Succeeded: the run's final metrics, the version registered as customModelName, and the
+    # run's page in the MLflow UI.
+    metrics: dict[str, float] | None = None
+    registered_model_version: str | None = None
+    mlflow_run_url: str | None = None
 
 
 class TrainingTaskList(CamelModel):
