@@ -35,6 +35,7 @@ def announce(settings: Settings, base: str, profiles: dict, auth: str) -> None:
     """Where everything is: readable lines for a terminal, one log line in the JSON format."""
     facts = {"url": base, "docs": f"{base}/docs", "metrics": f"{base}/metrics", "runtime": settings.runtime.value,
              "profiles": sorted(profiles), "auth": auth, "workers": settings.worker_count(),
+             "workersBecause": settings.worker_plan()[1],
              "mlflowUi": settings.mlflow_uri, "dataDir": str(settings.data_dir)}
     if settings.log_format == "json":
         record = logging.LogRecord("mlops", logging.INFO, __file__, 0, "control plane starting", None, None)
@@ -45,7 +46,7 @@ def announce(settings: Settings, base: str, profiles: dict, auth: str) -> None:
         f"MLOps control plane: {base} (API docs: {base}/docs, metrics: {base}/metrics)\n"
         f"  runtime: {facts['runtime']}, profiles: {', '.join(facts['profiles'])}\n"
         f"  auth: {auth}\n"
-        f"  workers: {facts['workers']}\n"
+        f"  workers: {facts['workers']} ({facts['workersBecause']})\n"
         f"  MLflow UI: {facts['mlflowUi']}\n"
         f"  data directory: {facts['dataDir']}",
         flush=True,

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.cpu_limit import cpu_quota
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -74,9 +76,20 @@ class Settings(BaseSettings):
     auth_disabled: bool = False
 
     def worker_count(self) -> int:
+        return self.worker_plan()[0]
+
+    def worker_plan(self) -> tuple[int, str]:
+        """How many uvicorn workers, and why (the start-up line says it)."""
         if self.workers:
-            return self.workers
+            return self.workers, "MLOPS_WORKERS"
         # Local: one worker, since each worker's probes learn readiness on their own (a fresh Ready
-        # may be answered 503 by another worker for a probe interval). On a cluster every worker
-        # reads readiness from the same watch: one per core.
-        return 1 if self.runtime == RuntimeKind.LOCAL else max(1, min(os.cpu_count() or 1, 4))
+        # may be answered 503 by another worker for a probe interval).
+        if self.runtime == RuntimeKind.LOCAL:
+            return 1, "the local runtime"
+        # On a cluster every worker reads readiness from the same watch: one per CPU the container
+        # may use (its limit, rounded down), not per core of the node; at most 4.
+        quota = cpu_quota()
+        if quota is not None:
+            return max(1, min(int(quota), 4)), f"the container's CPU limit, {quota:g} CPU"
+        cores = os.cpu_count() or 1
+        return max(1, min(cores, 4)), f"no CPU limit; {cores} cores"
