@@ -135,30 +135,43 @@ def styled(status: str) -> str:
     return f"[{style}]{status}[/{style}]" if style else status
 
 
+WIDE = 110  # columns below which the tables leave out what a person can look up (profile, endpoint)
+
+
+def short(run_id: str | None) -> str:
+    return run_id[:12] if run_id else "-"
+
+
 def trainings_table(tasks: list[TrainingTask]) -> Table:
+    wide = out.width >= WIDE
     table = Table(title="Training tasks", title_justify="left", expand=False)
-    for column in ("TASK", "STATUS", "AGE", "PROFILE", "MODEL", "RUN"):
+    for column in ("TASK", "STATUS", "AGE", *(["PROFILE"] if wide else []), "MODEL", "RUN"):
         table.add_column(column, overflow="fold")
     for task in tasks:
         model = task.custom_model_name or "-"
         if task.registered_model_version:
             model += f" v{task.registered_model_version}"
-        table.add_row(task.task_id, styled(task.status), age(task.created_at), task.model_profile, model,
-                      task.mlflow_run_id or "-")
+        table.add_row(task.task_id, styled(task.status), age(task.created_at),
+                      *([task.model_profile] if wide else []), model, short(task.mlflow_run_id))
     return table
 
 
 def deployments_table(deployments: list[DeploymentTask], api_url: str) -> Table:
+    wide = out.width >= WIDE
     table = Table(title="Deployments", title_justify="left", expand=False)
-    for column in ("TASK", "STATUS", "AGE", "MODEL", "REVISION", "REPLICAS", "ENDPOINT"):
+    for column in ("TASK", "STATUS", "AGE", "MODEL", "REVISION", "REPLICAS", *(["ENDPOINT"] if wide else [])):
         table.add_column(column, overflow="fold")
     for deployment in deployments:
         revision = str(deployment.serving_revision or deployment.revision)
         if deployment.canary is not None:
             revision += f" (+{deployment.canary.revision} at {deployment.canary.weight}%)"
+        served = deployment.model
+        registered = served.model_name or served.model_reference
+        model = served.describe() if registered else f"run {short(served.mlflow_run_id)}"
         table.add_row(deployment.task_id, styled(deployment.status), age(deployment.created_at),
-                      f"{deployment.model_id}: {deployment.model.describe()}", revision,
-                      f"{deployment.ready_replicas}/{deployment.replicas}", api_url + deployment.predict_path)
+                      f"{deployment.model_id}: {model}", revision,
+                      f"{deployment.ready_replicas}/{deployment.replicas}",
+                      *([api_url + deployment.predict_path] if wide else []))
     return table
 
 
@@ -179,7 +192,7 @@ def finished(task: TrainingTask) -> None:
     """The lines a finished training ends with: run id, registered version, metrics, MLflow link."""
     if task.status != "Succeeded":
         return
-    out.print(f"[green]run[/green] {task.mlflow_run_id}", highlight=False)
+    out.print(f"[green]run[/green] {task.mlflow_run_id}", highlight=False)  # whole: scripts copy it
     if task.registered_model_version:
         out.print(f"[green]registered[/green] {task.custom_model_name} version {task.registered_model_version}",
                   highlight=False)
