@@ -57,6 +57,13 @@ class NotReady(MlopsError):
         super().__init__(message, field=field, headers={"Retry-After": str(retry_after)})
 
 
+class TooManyRequests(MlopsError):
+    status_code, code = 429, "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int = 5):
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
 class DependencyUnavailable(MlopsError):
     """MLflow or the cluster cannot be reached; nothing was changed."""
 

@@ -11,6 +11,7 @@ from app.access_log import AccessLog, AccessLogMiddleware
 from app.core.auth import Authenticator, authenticator_from
 from app.core.canary_guard import CanaryGuard
 from app.core.deployments import DeploymentService
+from app.core.log_streams import LogStreams
 from app.core.manifests import ClusterRefs
 from app.core.tracking import Tracking
 from app.core.training import TrainingService
@@ -124,7 +125,7 @@ def create_app(
     app.state.profiles = profiles
     app.state.runtime = runtime
     app.state.data_plane = data_plane
-    app.state.training = TrainingService(runtime, profiles, tracking, refs)
+    app.state.training = TrainingService(runtime, profiles, tracking, refs, LogStreams(settings.max_log_followers))
     app.state.deployments = deployments
     install_error_handlers(app)
     # Added last = outermost. A caller without a token is refused before its body is read.

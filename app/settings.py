@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     profiles_path: Path = PROJECT_ROOT / "model_profiles.yaml"
     # Unset: `python -m app` starts an embedded MLflow server (SQLite + local artifacts).
     mlflow_uri: str | None = None
+    # Log streams (?follow=true) one API worker keeps open; past it a follower is answered 429.
+    max_log_followers: int = Field(default=64, ge=1, le=1024)
     # Where a browser opens MLflow's UI, for the links in training statuses (unset: mlflow_uri).
     mlflow_ui_url: str | None = None
     mlflow_port: int = 5000

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -126,10 +126,20 @@ def _shorten(text: str) -> str:
     return text if len(text) <= MAX_CAUSE_CHARS else text[:MAX_CAUSE_CHARS - 1] + "…"
 
 
+def engine_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """vLLM's environment. Its CPU build pins its threads to the first core(s) of the machine by
+    default (VLLM_CPU_OMP_THREADS_BIND=auto), the same ones in every server: two servers on one
+    node (a rolling update's old and new revision, two pods without a CPU manager) then share one
+    core while the others idle, and a new revision cannot even start beside a busy one. Unpinned
+    threads let the kernel spread them within the pod's CPU limit; an operator's own binding wins."""
+    return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", **environ}
+
+
 def run_server(command: list[str]) -> tuple[int, deque[str]]:
     """Run vLLM, its output passed through line by line; return its exit code and its last lines."""
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             env=engine_environment(os.environ))
 
     def hand_on(signum: int, _: FrameType | None) -> None:
         if child.poll() is None:

@@ -77,3 +77,8 @@ def test_a_gpu_deployment_without_a_visible_gpu_stops_instead_of_running_the_cpu
     llm_server.check_device(SPEC)  # useGpu false: nothing to check
     with pytest.raises(llm_server.EngineUnavailable, match="useGpu is true but no CUDA device"):
         llm_server.check_device(SPEC.model_copy(update={"use_gpu": True}))
+
+
+def test_vllms_threads_are_not_pinned_to_the_first_cores_unless_the_operator_says() -> None:
+    assert llm_server.engine_environment({"PATH": "/bin"}) == {"PATH": "/bin", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    assert llm_server.engine_environment({"VLLM_CPU_OMP_THREADS_BIND": "0-3"})["VLLM_CPU_OMP_THREADS_BIND"] == "0-3"

@@ -5,17 +5,18 @@ from pathlib import Path
 from typing import Any
 
 from app.core.blocking import run_blocking
+from app.core.log_streams import LogStreams
 from app.core.manifests import KIND_TRAINING, ClusterRefs, training_job
 from app.core.names import id_problem, job_name
 from app.core.requests import check_same_request
-from app.core.tracking import Tracking
+from app.core.tracking import RunOutcome, Tracking
 from app.errors import Forbidden, InvalidSpec, TaskNotFound
 from app.profiles import ModelProfile
 from app.runtime.base import AlreadyExists, LogGone, Runtime, WorkloadState
-from app.core.tracking import RunOutcome
 from app.schemas.training import TrainingProgress, TrainingStatus, TrainingTask, TrainRequest
 from models.spec import TRAINER_LOG_ARTIFACT, TrainSpec, dataset_scheme
 
+DEFAULT_LOG_FOLLOWERS = 64
 PROGRESS_METRICS = {"step": "progress_step", "total_steps": "progress_total_steps",
                     "epoch": "progress_epoch", "total_epochs": "progress_total_epochs"}
 
@@ -44,8 +45,10 @@ def find_profile(profiles: dict[str, ModelProfile], name: str) -> ModelProfile:
 
 
 class TrainingService:
-    def __init__(self, runtime: Runtime, profiles: dict[str, ModelProfile], tracking: Tracking, refs: ClusterRefs):
+    def __init__(self, runtime: Runtime, profiles: dict[str, ModelProfile], tracking: Tracking, refs: ClusterRefs,
+                 log_streams: LogStreams | None = None):
         self.runtime = runtime
+        self.log_streams = log_streams or LogStreams(DEFAULT_LOG_FOLLOWERS)
         self.profiles = profiles
         self.tracking = tracking
         self.refs = refs
@@ -174,7 +177,7 @@ class TrainingService:
         if task.status in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED):
             # An ended task's log does not grow: read it whole, from wherever it is kept now.
             return _once((await self.logs(task_id, tail)).encode())
-        return self.runtime.follow_logs(KIND_TRAINING, task_id, tail)
+        return self.log_streams.admit(self.runtime.follow_logs(KIND_TRAINING, task_id, tail))
 
     async def _kept_log(self, task: TrainingTask, gone: str, tail: int | None) -> str:
         """The trainer's log kept with its run (script/train.py), once its pods are gone."""

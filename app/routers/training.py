@@ -7,7 +7,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from app.deps import TrainingDep
 from app.routers.common import ERROR_RESPONSES
-from app.schemas.common import DeletedTask, DryRunResult
+from app.schemas.common import DeletedTask, DryRunResult, ErrorBody
 from app.schemas.training import TrainingTask, TrainingTaskList, TrainRequest
 from app.shutdown import until_shutdown
 
@@ -53,7 +53,9 @@ async def get_training_status(task_id: str, training: TrainingDep) -> TrainingTa
 @router.get(
     "/{task_id}/logs",
     summary="The trainer's output; follow=true streams until the job ends",
-    responses={200: {"description": "The output as text", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses={200: {"description": "The output as text", "content": {"text/plain": {"schema": {"type": "string"}}}},
+               429: {"description": "follow=true while MLOPS_MAX_LOG_FOLLOWERS streams are open on this worker; "
+                                    "see Retry-After", "model": ErrorBody}},
 )
 async def get_training_logs(
     task_id: str,

@@ -10,6 +10,7 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client
@@ -160,6 +161,7 @@ class KubernetesRuntime:
         endpoint_refresh_seconds: float = 5.0,
         log_wait_seconds: int = 30,
         sync_timeout_seconds: float = 10.0,
+        log_followers: int = 64,
     ):
         self.namespace = namespace
         self.api = ClusterApi(api_client, namespace, retry, request_timeout_seconds)
@@ -167,6 +169,10 @@ class KubernetesRuntime:
         self.endpoints = EndpointCache()
         self.endpoint_refresh_seconds = endpoint_refresh_seconds
         self.log_wait_seconds = log_wait_seconds
+        # A followed log holds a thread blocked on the API server's stream for as long as it is
+        # followed: these threads, not the event loop's default pool that other calls share (the
+        # services bound the streams to the same number; app/core/log_streams.py).
+        self._log_threads = ThreadPoolExecutor(max_workers=log_followers, thread_name_prefix="log-follow")
         self.sync_timeout_seconds = sync_timeout_seconds
         self._watch = EndpointWatch(
             self.api, self.route, self.endpoints, watch_timeout_seconds, watch_retry_delay_seconds
@@ -181,6 +187,7 @@ class KubernetesRuntime:
             connection.namespace,
             route=predict_route(settings.predict_route, connection),
             request_timeout_seconds=settings.kube_request_timeout_seconds,
+            log_followers=settings.max_log_followers,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -201,6 +208,7 @@ class KubernetesRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh_task
         await asyncio.to_thread(self._watch.stop)
+        self._log_threads.shutdown(wait=False, cancel_futures=True)  # followers were ended at shutdown
 
     async def _restore_endpoints_forever(self) -> None:
         while True:
@@ -419,7 +427,7 @@ class KubernetesRuntime:
         try:
             while True:
                 # The client blocks on the stream: each read happens in a worker thread.
-                chunk = await asyncio.to_thread(next, chunks, None)
+                chunk = await asyncio.get_running_loop().run_in_executor(self._log_threads, next, chunks, None)
                 if chunk is None:
                     return
                 yield chunk
