@@ -43,7 +43,7 @@ run: $(STAMP) $(VLLM_STAMP)
 ## test: run the whole test suite, in two processes (the language-model tests start vLLM from .venv-vllm)
 test: $(STAMP) $(VLLM_STAMP)
 	./tests/platform_support/fetch_prometheus.sh .tools
-	$(PY) -m ruff check app models script tests benchmarks
+	$(PY) -m ruff check app models script tests benchmarks mlops_client examples
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 ## bench: the predict-path benchmark against the peers (run by hand; writes docs/benchmarks.md)
@@ -59,7 +59,7 @@ images-test: $(STAMP)
 	./docker/dev/images_test.sh
 
 lint: $(STAMP)
-	$(PY) -m ruff check app models script tests benchmarks
+	$(PY) -m ruff check app models script tests benchmarks mlops_client examples
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .mlops .pytest_cache .tools
+	rm -rf $(VENV) $(VLLM_VENV) .venv-airflow .mlops .pytest_cache .tools *.egg-info

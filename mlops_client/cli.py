@@ -272,7 +272,7 @@ def train(
     = None,
     task_id: Annotated[str | None, typer.Option(help="taskId (made up when neither given nor in the file)")] = None,
     experiment: Annotated[str | None, typer.Option(help="experimentName")] = None,
-    profile: Annotated[str | None, typer.Option(help="modelProfile, e.g. sklearn_regressor")] = None,
+    profile: Annotated[str | None, typer.Option(help="modelProfile, e.g. tabular_regression")] = None,
     dataset: Annotated[str | None, typer.Option(help="datasetPath: a file path or s3:// URI")] = None,
     target: Annotated[str | None, typer.Option(help="targetColumn")] = None,
     model_name: Annotated[str | None, typer.Option(help="customModelName: register the model under it")] = None,
@@ -394,8 +394,6 @@ def changed(client: Client, answer: DeploymentTask | DryRunResult, wait: bool, o
         return
     if wait:
         answer = wait_ready(client, answer.task_id)
-        while answer.serving_revision not in (None, answer.revision) and answer.status != "Failed":
-            answer = wait_ready(client, answer.task_id)
     final = answer
     emit(final, output, lambda: show_deployment(final, client.api_url))
 
@@ -540,11 +538,14 @@ def chat(
     max_tokens: Annotated[int, typer.Option(min=1)] = 256,
 ) -> None:
     """Talk to a language model, its answers streamed as they are generated (Ctrl-D ends)."""
+    import openai
+
     with state.client() as client:
-        model = client.deployment(task_id).model_id
-        sdk = client.openai(task_id)
+        # The served model's name, from the data plane (a predict token may read it).
+        model = client.request("GET", f"/api/v1/inference/{task_id}/v1/models").json()["data"][0]["id"]
+        sdk = client.openai(task_id, max_retries=2)
         messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-        err.print(f"chatting with {model} ({task_id}); Ctrl-D ends", style="dim")
+        err.print(f"chatting with {model} ({task_id}); Ctrl-D ends", style="dim", highlight=False)
         while True:
             try:
                 prompt = input("> " if sys.stdin.isatty() else "")
@@ -555,12 +556,16 @@ def chat(
                 continue
             messages.append({"role": "user", "content": prompt})
             reply = ""
-            for chunk in sdk.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
-                                                     stream=True):
-                piece = chunk.choices[0].delta.content if chunk.choices else None
-                if piece:
-                    reply += piece
-                    out.print(piece, end="", highlight=False, markup=False)
+            try:
+                for chunk in sdk.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+                                                         stream=True):
+                    piece = chunk.choices[0].delta.content if chunk.choices else None
+                    if piece:
+                        reply += piece
+                        out.print(piece, end="", highlight=False, markup=False)
+            except openai.APIError as exc:
+                raise MlopsError(f"the model failed: {exc}", code="model_error",
+                                 status=getattr(exc, "status_code", 0) or 0) from None
             out.print()
             messages.append({"role": "assistant", "content": reply})
 

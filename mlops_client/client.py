@@ -2,10 +2,11 @@
 
     from mlops_client import Client
     api = Client()  # MLOPS_API_URL / MLOPS_API_TOKEN, or ~/.config/mlops/config.yaml, or http://127.0.0.1:8000
-    task = api.train({"taskId": "house-1", "experimentName": "houses", "modelProfile": "sklearn_regressor",
+    task = api.train({"taskId": "house-1", "experimentName": "houses", "modelProfile": "tabular_regression_sklearn",
                       "datasetPath": "data/houses.csv", "targetColumn": "price"})
     task = api.wait_for_training("house-1")
-    api.deploy("house-api", model_id="houses", mlflow_run_id=task.mlflow_run_id, model_profile="sklearn_regressor")
+    api.deploy("house-api", model_id="houses", mlflow_run_id=task.mlflow_run_id,
+               model_profile="tabular_regression_sklearn")
     api.wait_for_deployment("house-api")
     api.predict("house-api", [[1200, 3, 2]])  # {"predictions": [...]}
 
@@ -186,9 +187,19 @@ class Client:
 
     def wait_for_deployment(self, task_id: str, timeout: float | None = None, poll: float = 1.0,
                             on_update: Callable[[DeploymentTask], None] | None = None) -> DeploymentTask:
-        """The deployment once Ready or Failed (see .status and .message)."""
-        return self._wait(lambda: self.deployment(task_id), lambda d: d.status in ("Ready", "Failed"), timeout,
-                          poll, on_update, f"deployment '{task_id}' to be Ready")
+        """The deployment once its newest revision serves (Ready), or it cannot: the deployment
+        Failed, or the newest revision failed while an earlier one keeps serving (see .message)."""
+
+        def settled(deployment: DeploymentTask) -> bool:
+            if deployment.status == "Failed":
+                return True
+            if deployment.status == "Ready" and deployment.serving_revision in (None, deployment.revision):
+                return True
+            newest = self.revisions(task_id)[:1]
+            return bool(newest) and newest[0].revision == deployment.revision and newest[0].state == "Failed"
+
+        return self._wait(lambda: self.deployment(task_id), settled, timeout, poll, on_update,
+                          f"deployment '{task_id}' to serve its newest revision")
 
     # -- the data plane ----------------------------------------------------------------------
 

@@ -1,15 +1,19 @@
 """llm_chat served by vLLM's own OpenAI server (its CPU build, from .venv-vllm) on the local runtime,
 through the control plane.
 
-One module-wide deployment, one vLLM start: a model fine-tuned by an llm_lora run, deployed under a
-modelId that differs from its taskId. Against it: the status naming the engine, the specification's
-predict route, the official openai client plain and streamed, the weights being the run's merged
-model, and, last, a generation that fails mid-stream. Beside it, a model vLLM cannot load.
+One module-wide deployment: a model fine-tuned by an llm_lora run, deployed under a modelId that
+differs from its taskId. Against it: the status naming the engine, the specification's predict
+route, the official openai client plain and streamed, the weights being the run's merged model, a
+rolling update to the base model with streams in flight, and, last, a generation that fails
+mid-stream. Beside it, a model vLLM cannot load.
 """
 
 import json
 import math
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +24,7 @@ import psutil
 import pytest
 import torch
 
+from models.spec import LLM_STREAM_DRAIN_SECONDS
 from script.llm_server import LOCAL_VLLM_PYTHON
 from tests.llm_support import (
     make_tiny_model,
@@ -189,6 +194,20 @@ def prompt_logprobs_by_transformers(model, tokenizer, text: str) -> list[float]:
     return [float(logits[i - 1, ids[0, i]]) for i in range(1, ids.shape[1])]
 
 
+def test_mlops_chat_streams_the_models_answers_and_keeps_the_conversation(served) -> None:
+    from typer.testing import CliRunner
+
+    from mlops_client.cli import app as cli_app
+
+    env = {"MLOPS_API_URL": served.api.url, "MLOPS_API_TOKEN": PREDICTOR, "MLOPS_CONFIG": "/nonexistent.yaml"}
+    chatted = CliRunner().invoke(cli_app, ["chat", TASK_ID, "--max-tokens", "8"], input="hello\nthe quick\n", env=env)
+    assert chatted.exit_code == 0, chatted.output
+    assert f"chatting with {MODEL_ID}" in chatted.stderr
+    assert len(chatted.stdout.strip().splitlines()) >= 2  # one streamed answer per line typed
+    missing = CliRunner().invoke(cli_app, ["chat", "no-such-task"], input="hi\n", env=env)
+    assert missing.exit_code == 1 and "no-such-task" in missing.stderr
+
+
 def test_the_served_weights_are_the_lora_runs_merged_model(served) -> None:
     with httpx.Client(base_url=served.api.url, headers={"Authorization": f"Bearer {PREDICTOR}"}, timeout=60) as client:
         answer = client.post(f"/api/v1/inference/{TASK_ID}/v1/completions", json={
@@ -223,6 +242,119 @@ def test_a_model_vllm_cannot_load_fails_the_deployment_saying_why(served) -> Non
     assert "Model architectures ['MysteryForCausalLM'] are not supported" in message, message
     assert len(message) < 1000  # vLLM's list of every architecture it knows is cut short
     assert "Traceback" in logs  # the whole story stays in the logs
+
+
+def served_prompt_logprobs(served: SimpleNamespace, text: str) -> list[float]:
+    with httpx.Client(base_url=served.api.url, headers={"Authorization": f"Bearer {PREDICTOR}"}, timeout=60) as client:
+        answer = client.post(f"/api/v1/inference/{TASK_ID}/v1/completions", json={
+            "model": MODEL_ID, "prompt": text, "max_tokens": 1, "prompt_logprobs": 0})
+    assert answer.status_code == 200, answer.text
+    return [next(iter(entry.values()))["logprob"] for entry in answer.json()["choices"][0]["prompt_logprobs"][1:]]
+
+
+@dataclass
+class Stream:
+    """One streamed completion through the API: the revision that answered it, when it began and
+    ended, and how (its finish reasons and text pieces, or the error that broke it)."""
+
+    revision: str | None = None
+    started: float = 0.0
+    ended: float = 0.0
+    status: int = 0
+    pieces: int = 0
+    tokens: int = 0  # generated, as the final usage chunk counts them
+    finish_reasons: list[str | None] = field(default_factory=list)
+    error: str | None = None
+
+
+def stream_completion(served: SimpleNamespace, max_tokens: int) -> Stream:
+    result = Stream(started=time.monotonic())
+    body = {"model": MODEL_ID, "prompt": "the", "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
+    try:
+        with httpx.Client(base_url=served.api.url, headers={"Authorization": f"Bearer {PREDICTOR}"},
+                          timeout=120) as client, \
+                client.stream("POST", f"/api/v1/inference/{TASK_ID}/v1/completions", json=body) as answer:
+            result.status, result.revision = answer.status_code, answer.headers.get("x-mlops-revision")
+            # Server-sent events end with a blank line; their lines end with \n only (a generated
+            # text may hold other line breaks, JSON-encoded as they are).
+            pending = b""
+            for raw in answer.iter_bytes():
+                *events, pending = (pending + raw).split(b"\n\n")
+                for event in events:
+                    if event.startswith(b"data: ") and event != b"data: [DONE]":
+                        chunk = json.loads(event[len(b"data: "):])
+                        if "choices" not in chunk:  # an error event: the generation failed mid-stream
+                            result.error = f"error event: {chunk}"
+                            break
+                        result.pieces += 1
+                        if chunk.get("usage"):
+                            result.tokens = chunk["usage"]["completion_tokens"]
+                        if chunk["choices"]:
+                            result.finish_reasons.append(chunk["choices"][0]["finish_reason"])
+            if pending.strip():
+                result.error = f"the stream ended inside an event: {pending[:200]!r}"
+    except (httpx.HTTPError, ValueError) as exc:  # ValueError: an event cut in the middle
+        result.error = f"{type(exc).__name__}: {exc}"
+    result.ended = time.monotonic()
+    return result
+
+
+def test_a_new_model_rolls_out_while_the_streams_in_flight_finish_on_their_revision(served) -> None:
+    """Revision 1 serves the LoRA run's merged model; PATCH to the base model makes revision 2.
+    Streams run back to back for the whole rollout: none breaks, those begun on revision 1 end on
+    it, also after its server was told to stop (vLLM drains them), and its memory is released."""
+    assert served_prompt_logprobs(served, LEARNED)  # revision 1 answers
+    # The longest streams the model allows (tens of seconds here): they outlast the drain before
+    # revision 1 is told to stop.
+    max_tokens = 3900
+    done: list[Stream] = []
+    stop = threading.Event()
+
+    def keep_streaming() -> None:
+        while not stop.is_set():
+            done.append(stream_completion(served, max_tokens))
+
+    threads = [threading.Thread(target=keep_streaming, daemon=True) for _ in range(3)]
+    revision_1 = model_server_dir(served.data_dir, TASK_ID)
+    pid_1 = json.loads((revision_1 / "status.json").read_text())["pid"]
+    for thread in threads:
+        thread.start()
+    try:
+        with admin_client(served) as client:
+            deployment = f"/api/v1/inference/deployments/{TASK_ID}"
+            patched = client.patch(deployment, json={"modelReference": str(served.base)})
+            assert patched.status_code in (200, 202), patched.text
+            wait_until(lambda: client.get(deployment).json().get("servingRevision") == 2, timeout=600,
+                       what="revision 2 to serve")
+            # The local runtime marks the old server retired as it tells it to stop (after its drain).
+            wait_until(lambda: (revision_1 / "retired").exists() or not revision_1.exists(), timeout=60,
+                       what="revision 1 to be told to stop")
+            told_to_stop = time.monotonic()
+            revisions = client.get(f"{deployment}/revisions").json()["items"]
+        wait_until(lambda: not psutil.pid_exists(pid_1) or psutil.Process(pid_1).status() == psutil.STATUS_ZOMBIE,
+                   timeout=LLM_STREAM_DRAIN_SECONDS + 30, what="revision 1's server to exit")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(180)
+    assert {r["revision"]: r["state"] for r in revisions} == {1: "Retired", 2: "Serving"}, revisions
+    broken = [s for s in done if s.status != 200 or s.error or s.finish_reasons[-1:] != ["length"]
+              or s.tokens != max_tokens]
+    assert not broken, broken[:3]
+    assert {s.revision for s in done} == {"1", "2"}, [s.revision for s in done]
+    # Streams that revision 1 began and finished after it was told to stop: vLLM drained them.
+    drained = [s for s in done if s.revision == "1" and s.started < told_to_stop < s.ended]
+    lengths = sorted(round(s.ended - s.started) for s in done)
+    assert drained, f"no stream of revision 1 was in flight when it was told to stop (streams took {lengths} s)"
+    # Revision 2 serves the base model's weights, not the tuned ones.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    expected = prompt_logprobs_by_transformers(AutoModelForCausalLM.from_pretrained(served.base),
+                                               AutoTokenizer.from_pretrained(served.base), LEARNED)
+    served_logprobs = served_prompt_logprobs(served, LEARNED)
+    assert all(math.isclose(got, want, abs_tol=1e-4) for got, want in zip(served_logprobs, expected, strict=True)), (
+        served_logprobs, expected)
 
 
 def vllm_worker(served: SimpleNamespace, task_id: str) -> psutil.Process:

@@ -21,17 +21,12 @@ import pytest
 
 from tests.platform_support.manifest_containers import BASE, resolve_env, workload_container
 from tests.platform_support.mlflow_on_s3 import MlflowOnS3
-from tests.platform_support.seaweedfs import REGION, S3_SECRET, SeaweedFS, s3_client
+from tests.platform_support.seaweedfs import REGION, S3_SECRET, SeaweedFS, random_credentials, s3_client
 from tests.support import ApiProcess, free_port, kill_workloads, regression_csv
 from tests.test_e2e_local import SEED_PREDICT_BODY, SEED_TRAIN_BODY, wait_for_deployment, wait_for_training
 
 BUCKETS = {"mlflow", "datasets"}
 SLOW_STEP_SECONDS = 300
-
-
-def random_credentials() -> dict[str, str]:
-    """What deploy_all_k3s.sh puts into the Secret mlops-s3-credentials."""
-    return {"AWS_ACCESS_KEY_ID": "mlops" + secrets.token_hex(8), "AWS_SECRET_ACCESS_KEY": secrets.token_hex(20)}
 
 
 def run_bucket_job(endpoint: str, credentials: dict[str, str], **extra_env: str) -> subprocess.CompletedProcess[str]:

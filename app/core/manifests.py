@@ -11,7 +11,15 @@ from typing import Any
 
 from app.core.names import canary_name, inference_name, job_name
 from app.profiles import ModelProfile, Resources
-from models.spec import LLM_STREAM_DRAIN_SECONDS, QLORA_ENV, SERVE_PORT_ENV, SERVE_SPEC_ENV, TRAIN_SPEC_ENV, ServeSpec, TrainSpec
+from models.spec import (
+    LLM_STREAM_DRAIN_SECONDS,
+    QLORA_ENV,
+    SERVE_PORT_ENV,
+    SERVE_SPEC_ENV,
+    TRAIN_SPEC_ENV,
+    ServeSpec,
+    TrainSpec,
+)
 
 MANAGED_BY = "fastapi-mlops-api"
 LABEL_NAME = "app.kubernetes.io/name"

@@ -564,38 +564,22 @@ class LocalRuntime:
         pid = self._supervisor_pid(task_dir)
         if pid is None or not self._supervisor_alive(task_dir):
             return
+        # As the kubelet does, SIGTERM goes to the container's main process only: the supervisor
+        # hands it to the workload, which hands it on (vLLM's API server then lets its streams
+        # finish and stops its own engine). Sent to the whole group, it would stop the engine
+        # under the server and cut every stream.
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_seconds + 2
-        while time.monotonic() < deadline and self._group_alive(pid):
+        while time.monotonic() < deadline and self._supervisor_alive(task_dir):
             time.sleep(0.05)
+        # What the workload left behind goes with it.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         child = self._children.pop(pid, None)
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=2)
-
-    def _group_alive(self, pgid: int) -> bool:
-        child = self._children.get(pgid)
-        if child is not None:
-            child.poll()  # reap, so a finished supervisor is not counted as a zombie
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        # Only zombies left? Then the group is done.
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                stat = (proc / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2 :].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-        return False
 
     # -- reconcile: endpoints, readiness, restarts -----------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -49,6 +50,11 @@ def s3_client(endpoint: str, credentials: dict[str, str] | None, **config: Any):
     return boto3.client("s3", endpoint_url=endpoint, region_name=REGION, config=Config(**config),
                         aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
                         aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"])
+
+
+def random_credentials() -> dict[str, str]:
+    """What deploy_all_k3s.sh puts into the Secret mlops-s3-credentials."""
+    return {"AWS_ACCESS_KEY_ID": "mlops" + secrets.token_hex(8), "AWS_SECRET_ACCESS_KEY": secrets.token_hex(20)}
 
 
 class SeaweedFS:
