@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import mlflow
@@ -32,7 +33,7 @@ from tests.llm_support import (
     write_prompt_completion_jsonl,
     write_test_profiles,
 )
-from tests.support import ApiProcess, kill_workloads, model_server_dir, wait_until
+from tests.support import ApiProcess, kill_workloads, model_server_dir, model_server_port, wait_until
 from tests.test_e2e_local import wait_for_deployment, wait_for_training
 
 ADMIN = "admin-token-for-llm-tests-0123456789"
@@ -267,14 +268,16 @@ class Stream:
     error: str | None = None
 
 
-def stream_completion(served: SimpleNamespace, max_tokens: int) -> Stream:
+def stream_completion(served: SimpleNamespace, max_tokens: int, server: str | None = None) -> Stream:
+    """A streamed completion through the API, or, with `server`, from that model server directly."""
     result = Stream(started=time.monotonic())
+    base = server or served.api.url
+    path = "/v1/completions" if server else f"/api/v1/inference/{TASK_ID}/v1/completions"
     body = {"model": MODEL_ID, "prompt": "the", "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
             "stream_options": {"include_usage": True}}
     try:
-        with httpx.Client(base_url=served.api.url, headers={"Authorization": f"Bearer {PREDICTOR}"},
-                          timeout=120) as client, \
-                client.stream("POST", f"/api/v1/inference/{TASK_ID}/v1/completions", json=body) as answer:
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {PREDICTOR}"}, timeout=120) as client, \
+                client.stream("POST", path, json=body) as answer:
             result.status, result.revision = answer.status_code, answer.headers.get("x-mlops-revision")
             # Server-sent events end with a blank line; their lines end with \n only (a generated
             # text may hold other line breaks, JSON-encoded as they are).
@@ -302,22 +305,27 @@ def stream_completion(served: SimpleNamespace, max_tokens: int) -> Stream:
 
 def test_a_new_model_rolls_out_while_the_streams_in_flight_finish_on_their_revision(served) -> None:
     """Revision 1 serves the LoRA run's merged model; PATCH to the base model makes revision 2.
-    Streams run back to back for the whole rollout: none breaks, those begun on revision 1 end on
-    it, also after its server was told to stop (vLLM drains them), and its memory is released."""
+    Streams through the API run back to back for the whole rollout and none breaks; a long stream
+    that revision 1 began after the switch finishes although revision 1 was told to stop during it
+    (vLLM drains), and revision 1's server then exits (its memory released)."""
     assert served_prompt_logprobs(served, LEARNED)  # revision 1 answers
-    # The longest streams the model allows (tens of seconds here): they outlast the drain before
-    # revision 1 is told to stop.
-    max_tokens = 3900
     done: list[Stream] = []
     stop = threading.Event()
 
     def keep_streaming() -> None:
         while not stop.is_set():
-            done.append(stream_completion(served, max_tokens))
+            done.append(stream_completion(served, max_tokens=600))
 
-    threads = [threading.Thread(target=keep_streaming, daemon=True) for _ in range(3)]
+    def into(results: list[Stream], **kwargs: Any) -> threading.Thread:
+        thread = threading.Thread(target=lambda: results.append(stream_completion(served, **kwargs)), daemon=True)
+        thread.start()
+        return thread
+
+    threads = [threading.Thread(target=keep_streaming, daemon=True) for _ in range(2)]
     revision_1 = model_server_dir(served.data_dir, TASK_ID)
     pid_1 = json.loads((revision_1 / "status.json").read_text())["pid"]
+    server_1 = f"http://127.0.0.1:{model_server_port(served.data_dir, TASK_ID, 1)}"
+    drained: list[Stream] = []
     for thread in threads:
         thread.start()
     try:
@@ -325,28 +333,31 @@ def test_a_new_model_rolls_out_while_the_streams_in_flight_finish_on_their_revis
             deployment = f"/api/v1/inference/deployments/{TASK_ID}"
             patched = client.patch(deployment, json={"modelReference": str(served.base)})
             assert patched.status_code in (200, 202), patched.text
-            wait_until(lambda: client.get(deployment).json().get("servingRevision") == 2, timeout=600,
+            wait_until(lambda: client.get(deployment).json().get("servingRevision") == 2, timeout=600, interval=0.2,
                        what="revision 2 to serve")
-            # The local runtime marks the old server retired as it tells it to stop (after its drain).
+            # Revision 1 drains for a few seconds before it is told to stop: a stream begun on it now,
+            # as long as the model allows, is in flight when it is.
+            long_stream = into(drained, max_tokens=3900, server=server_1)
+            # The local runtime marks the old server retired as it tells it to stop.
             wait_until(lambda: (revision_1 / "retired").exists() or not revision_1.exists(), timeout=60,
-                       what="revision 1 to be told to stop")
+                       interval=0.1, what="revision 1 to be told to stop")
             told_to_stop = time.monotonic()
             revisions = client.get(f"{deployment}/revisions").json()["items"]
+        long_stream.join(LLM_STREAM_DRAIN_SECONDS)
         wait_until(lambda: not psutil.pid_exists(pid_1) or psutil.Process(pid_1).status() == psutil.STATUS_ZOMBIE,
-                   timeout=LLM_STREAM_DRAIN_SECONDS + 30, what="revision 1's server to exit")
+                   timeout=60, what="revision 1's server to exit once its stream ended")
     finally:
         stop.set()
         for thread in threads:
-            thread.join(180)
+            thread.join(120)
     assert {r["revision"]: r["state"] for r in revisions} == {1: "Retired", 2: "Serving"}, revisions
-    broken = [s for s in done if s.status != 200 or s.error or s.finish_reasons[-1:] != ["length"]
-              or s.tokens != max_tokens]
+    broken = [s for s in done if s.status != 200 or s.error or s.finish_reasons[-1:] != ["length"] or s.tokens != 600]
     assert not broken, broken[:3]
     assert {s.revision for s in done} == {"1", "2"}, [s.revision for s in done]
-    # Streams that revision 1 began and finished after it was told to stop: vLLM drained them.
-    drained = [s for s in done if s.revision == "1" and s.started < told_to_stop < s.ended]
-    lengths = sorted(round(s.ended - s.started) for s in done)
-    assert drained, f"no stream of revision 1 was in flight when it was told to stop (streams took {lengths} s)"
+    [last] = drained
+    assert last.status == 200 and last.error is None and last.tokens == 3900, last
+    assert last.started < told_to_stop < last.ended, (
+        f"the long stream was not in flight when revision 1 was told to stop ({last.ended - last.started:.0f} s)")
     # Revision 2 serves the base model's weights, not the tuned ones.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
