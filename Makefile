@@ -17,7 +17,7 @@ $(STAMP): $(REQS) pyproject.toml
 	$(PY) -m pip install --quiet -r requirements/torch-cpu.txt
 	$(PY) -m pip install --quiet -r requirements/dev.txt -c requirements/constraints.txt
 	# The client and the `mlops` command (mlops_client/), its dependencies pinned above.
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu

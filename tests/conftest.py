@@ -19,6 +19,16 @@ from tests.support import ApiProcess, free_port, kill_workloads, regression_csv
 # The Kubernetes runtime tests' fixtures, shared: a fake API, an event loop thread, a runtime on them.
 __all__ = ["fake", "loop", "runtime"]
 
+# The longest files, first. `make test` runs each file on one of two workers (--dist loadfile), so
+# the suite ends when its last long file does: started first, they run beside the many short ones.
+LONGEST_FIRST = ("test_llm_serving.py", "test_rollout_local.py", "test_pipeline_example.py", "test_llm_training.py",
+                 "test_client.py", "test_e2e_local.py", "test_security.py", "test_s3_datasets.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order stays
+
 
 @pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

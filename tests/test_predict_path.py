@@ -52,22 +52,28 @@ class RawUpstream:
     def __init__(self, reply: Reply):
         self.reply = reply
         self.connections = 0
+        self.open = self.most_open = 0  # connections open now, and at most at once
         self.requests: list[bytes] = []
         self.server: asyncio.Server | None = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        while (request := await _read_request(reader)) is not None:
-            self.requests.append(request)
-            answer = self.reply(request)
-            if answer is None:
-                break
-            writer.write(answer)
-            await writer.drain()
-            head = answer.split(b"\r\n\r\n", 1)[0].lower()
-            if b"connection: close" in head or not re.search(rb"content-length|transfer-encoding", head):
-                break
-        writer.close()
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            while (request := await _read_request(reader)) is not None:
+                self.requests.append(request)
+                answer = self.reply(request)
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+                head = answer.split(b"\r\n\r\n", 1)[0].lower()
+                if b"connection: close" in head or not re.search(rb"content-length|transfer-encoding", head):
+                    break
+        finally:
+            self.open -= 1
+            writer.close()
 
     async def start(self, tls: ssl.SSLContext | None = None) -> str:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls)
@@ -186,7 +192,8 @@ def test_concurrent_predicts_share_at_most_pool_size_connections() -> None:
     async def test(plane: Plane, _: str, upstream: RawUpstream) -> None:
         answers = await asyncio.gather(*(plane.predict("t", b"{}") for _ in range(12)))
         assert [response.status_code for response in answers] == [200] * 12
-        assert upstream.connections <= 3
+        # At most the pool's size at once (the pool may replace a connection it dropped meanwhile).
+        assert upstream.most_open <= 3
 
     run_plane(lambda _: OK, test, plain_in_flight=3)
 
