@@ -23,6 +23,7 @@ from pathlib import Path
 
 from benchmarks import environments
 from benchmarks.load import require_wrk, run_wrk
+from benchmarks.nginx import nginx_server, proxy_servers
 from benchmarks.processes import Server, free_port
 
 ROOT = Path(__file__).resolve().parent
@@ -30,37 +31,8 @@ WORK = ROOT / ".work" / "proxy-clients"
 CLIENTS = ("constant", "pyreqwest", "aiohttp", "httpx", "aiosonic", "blacksheep")
 BODY = b'{"userId": "bench", "data": {"features": [[0.5, 1.5, -0.3, 2.0, 0.1, 0.7, -1.2, 0.4]]}}'
 
-NGINX = """worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {work}/body;
-  proxy_temp_path {work}/proxy;
-  fastcgi_temp_path {work}/fastcgi;
-  uwsgi_temp_path {work}/uwsgi;
-  scgi_temp_path {work}/scgi;
-  keepalive_requests 1000000;
-  {body}
-}}
-"""
 CONSTANT_SERVER = """server {{ listen 127.0.0.1:{port};
     location / {{ default_type application/json; return 200 '{{"predictions":[1.0]}}'; }} }}"""
-PROXY_SERVER = """upstream model {{ server 127.0.0.1:{upstream}; keepalive 64; }}
-  server {{ listen 127.0.0.1:{port};
-    location /health {{ return 200 'ok'; }}
-    location / {{ proxy_pass http://model; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}"""
-
-
-def nginx(name: str, body: str, port: int) -> Server:
-    work = WORK / name
-    work.mkdir(parents=True, exist_ok=True)
-    config = work / "nginx.conf"
-    config.write_text(NGINX.format(work=work, body=body))
-    return Server(name, [shutil.which("nginx") or "nginx", "-c", str(config), "-p", str(work)],
-                  f"http://127.0.0.1:{port}/health", log_path=work / "nginx.log")
 
 
 def measure(server: Server, url: str, body: Path, seconds: float, figures: dict[str, float] | None = None) -> list[str]:
@@ -114,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     body.write_bytes(BODY)
     started = datetime.now(UTC)
     upstream_port = free_port()
-    upstream = nginx("upstream", CONSTANT_SERVER.format(port=upstream_port), upstream_port)
-    upstream.ready_url = f"http://127.0.0.1:{upstream_port}/"
+    upstream = nginx_server("upstream", CONSTANT_SERVER.format(port=upstream_port), WORK / "upstream",
+                            f"http://127.0.0.1:{upstream_port}/")
     upstream.start()
     rows = []
     figures: dict[tuple[int, str], dict[str, float]] = {}
@@ -131,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(f"| the upstream directly (no hop) | {number} | " + " | ".join(cells) + " |")
                     continue
                 if name == "nginx":
-                    server = nginx("front", PROXY_SERVER.format(port=port, upstream=upstream_port), port)
+                    server = nginx_server("front", proxy_servers(f"127.0.0.1:{upstream_port}", port), WORK / "front",
+                                          f"http://127.0.0.1:{port}/health")
                 else:
                     server = Server(name, [env.python, str(ROOT / "bare_proxy.py")], f"http://127.0.0.1:{port}/health",
                                     {"BARE_PORT": str(port), "BARE_CLIENT": name,

@@ -193,8 +193,9 @@ class Client:
         def settled(deployment: DeploymentTask) -> bool:
             if deployment.status == "Failed":
                 return True
-            if deployment.status == "Ready" and deployment.serving_revision in (None, deployment.revision):
-                return True
+            if deployment.serving_revision in (None, deployment.revision):
+                return deployment.status == "Ready"
+            # An earlier revision serves while the newest starts: it settles when that one fails.
             newest = self.revisions(task_id)[:1]
             return bool(newest) and newest[0].revision == deployment.revision and newest[0].state == "Failed"
 
