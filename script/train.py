@@ -72,9 +72,12 @@ def train(spec: TrainSpec, log_file: Path) -> None:
 
     handler = get_handler(spec.handler)
     device = choose_device(spec.use_gpu)
-    mlflow.set_experiment(spec.experiment_name)
+    # The run names its experiment: when another trainer creates the same experiment at the same
+    # moment, set_experiment returns it without making it the active one (MLflow 3.17), and the run
+    # would land in the Default experiment, where the task's status never finds it.
+    experiment = mlflow.set_experiment(spec.experiment_name)
     tags = {TASK_ID_TAG: spec.task_id, PROFILE_TAG: spec.model_profile, HANDLER_TAG: spec.handler}
-    with mlflow.start_run(run_name=spec.task_id, tags=tags) as run:
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=spec.task_id, tags=tags) as run:
         try:
             log("run started", runId=run.info.run_id, experiment=spec.experiment_name, device=device)
             params = {**spec.hyperparameters, "datasetPath": spec.dataset_path, "device": device}
