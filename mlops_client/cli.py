@@ -127,6 +127,8 @@ def age(moment: datetime | None) -> str:
     return f"{max(seconds, 0)}s"
 
 
+TRAINING_STATUSES = ("Pending", "Running", "Succeeded", "Failed")
+DEPLOYMENT_STATUSES = ("Pending", "Ready", "Failed")
 STATUS_STYLE = {"Succeeded": "green", "Ready": "green", "Running": "cyan", "Pending": "yellow", "Failed": "red"}
 
 
@@ -624,10 +626,20 @@ def logs(
 
 @app.command("ls")
 @reports_errors
-def list_tasks(output: OutputOption = Output.table) -> None:
+def list_tasks(
+    output: OutputOption = Output.table,
+    status: Annotated[str | None, typer.Option(help="only tasks in this status (trainings: Pending, Running, "
+                                                    "Succeeded, Failed; deployments: Pending, Ready, Failed)")] = None,
+    profile: Annotated[str | None, typer.Option(help="only tasks of this model profile")] = None,
+) -> None:
     """Training tasks and deployments, with status, age, model and endpoint."""
     with state.client() as client:
-        tasks, deployments = client.trainings(), client.deployments()
+        if status is not None and status not in (*TRAINING_STATUSES, *DEPLOYMENT_STATUSES):
+            known = ", ".join(sorted({*TRAINING_STATUSES, *DEPLOYMENT_STATUSES}))
+            raise typer.BadParameter(f"unknown status '{status}' (known: {known})", param_hint="--status")
+        # A status only one kind has (Running, Ready) lists none of the other kind.
+        tasks = client.trainings(status, profile) if status in (None, *TRAINING_STATUSES) else []
+        deployments = client.deployments(status, profile) if status in (None, *DEPLOYMENT_STATUSES) else []
         both = {"trainings": [t.to_wire() for t in tasks], "deployments": [d.to_wire() for d in deployments]}
 
         def tables() -> None:

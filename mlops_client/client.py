@@ -45,8 +45,9 @@ def _body(fields: dict[str, Any]) -> dict[str, Any]:
 
 class Client:
     def __init__(self, api_url: str | None = None, token: str | None = None, timeout: float = 30.0,
-                 retries: int = 3, transport: httpx.BaseTransport | None = None):
+                 retries: int = 3, transport: httpx.BaseTransport | None = None, page_size: int = 500):
         connection = resolve(api_url, token)
+        self.page_size = page_size  # tasks per list call: no answer grows with the cluster
         self.api_url = connection.api_url
         self.token = connection.token
         self.retries = retries
@@ -102,8 +103,9 @@ class Client:
     def training(self, task_id: str) -> TrainingTask:
         return self._get(f"{TRAIN}/{task_id}/status", TrainingTask)
 
-    def trainings(self) -> list[TrainingTask]:
-        return [TrainingTask.model_validate(item) for item in self.request("GET", TRAIN).json()["items"]]
+    def trainings(self, status: str | None = None, profile: str | None = None) -> list[TrainingTask]:
+        """Every training task (of that status and profile, if given), read a page at a time."""
+        return [TrainingTask.model_validate(item) for item in self._pages(TRAIN, status, profile)]
 
     def training_logs(self, task_id: str, tail: int | None = None) -> str:
         return self.request("GET", f"{TRAIN}/{task_id}/logs", params=_body({"tail": tail}) or None).text
@@ -138,8 +140,9 @@ class Client:
     def deployment(self, task_id: str) -> DeploymentTask:
         return self._get(f"{DEPLOY}/{task_id}", DeploymentTask)
 
-    def deployments(self) -> list[DeploymentTask]:
-        return [DeploymentTask.model_validate(item) for item in self.request("GET", DEPLOY).json()["items"]]
+    def deployments(self, status: str | None = None, profile: str | None = None) -> list[DeploymentTask]:
+        """Every deployment (of that status and profile, if given), read a page at a time."""
+        return [DeploymentTask.model_validate(item) for item in self._pages(DEPLOY, status, profile)]
 
     def deployment_logs(self, task_id: str, tail: int | None = None) -> str:
         return self.request("GET", f"{DEPLOY}/{task_id}/logs", params=_body({"tail": tail}) or None).text
@@ -224,6 +227,16 @@ class Client:
         return openai.OpenAI(base_url=self.openai_base_url(task_id), api_key=self.token or "none", **options)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _pages(self, path: str, status: str | None, profile: str | None) -> Iterator[dict[str, Any]]:
+        params = {key: value for key, value in (("status", status), ("profile", profile)) if value is not None}
+        params["limit"] = str(self.page_size)
+        while True:
+            page = self.request("GET", path, params=params).json()
+            yield from page["items"]
+            if not page.get("continue"):
+                return
+            params["continue"] = page["continue"]
 
     def _follow(self, path: str, tail: int | None) -> Iterator[str]:
         params = {"follow": "true", **({"tail": str(tail)} if tail is not None else {})}

@@ -26,6 +26,7 @@ from app.runtime.base import AlreadyExists
 from app.runtime.kubernetes import KubernetesRuntime
 from app.runtime.kubernetes import connection as cluster_connection
 from app.runtime.kubernetes.routes import ApiServerProxyRoute, ServiceDnsRoute
+from app.runtime.kubernetes.runtime import CACHED
 from app.settings import Settings
 from tests.dataplane_support import Plane
 from tests.fake_kube import FakeKube
@@ -35,6 +36,8 @@ from tests.fake_kube.runtime import FAST_RETRY, make_runtime
 from tests.fake_kube.tasks import inference_task, training_task
 from tests.fake_kube.tls import make_tls_files
 from tests.support import free_port, wait_until
+
+CACHED_RESOURCES = {watched.resource.plural for watched in CACHED}
 
 
 def deploy(runtime: KubernetesRuntime, task_id: str = "deploy-a", model_id: str = "model-a") -> dict[str, Any]:
@@ -352,8 +355,8 @@ def test_dropped_watch_is_relisted_and_catches_up(fake: FakeKube, runtime) -> No
     fake.drop_watches()
     fake.make_deployment_available("infer-model-a")  # while the streams are broken
     wait_until(lambda: endpoint_ready(runtime, "deploy-a"), 5, 0.02, "the endpoint to be ready")
-    relisted = {call.resource for call in fake.calls_since(mark) if call.verb == "list"}
-    assert relisted == {"deployments", "services"}
+    wait_until(lambda: {call.resource for call in fake.calls_since(mark) if call.verb == "list"} == CACHED_RESOURCES,
+               5, 0.02, "every resource to be re-listed")
     # And the new streams carry what follows.
     fake.delete("services", "infer-model-a")
     wait_until(lambda: not endpoint_ready(runtime, "deploy-a"), 5, 0.02, "the endpoint to lose its Service")
@@ -380,8 +383,8 @@ def test_expired_resource_version_410_relists(fake: FakeKube, runtime) -> None:
     fake.hold_watches()
     fake.end_watches()
     mark = fake.mark()
-    wait_until(lambda: {c.resource for c in fake.calls_since(mark) if c.verb == "watch"} == {"deployments",
-               "services"}, 5, 0.02, "both watches to ask to resume")
+    wait_until(lambda: {c.resource for c in fake.calls_since(mark) if c.verb == "watch"} == CACHED_RESOURCES, 5,
+               0.02, "every watch to ask to resume")
     # Meanwhile another replica deletes one model and deploys another, and etcd compacts the history.
     fake.delete("deployments", "infer-model-old")
     _, manifests = inference_task("new", "model-new")
@@ -393,8 +396,8 @@ def test_expired_resource_version_410_relists(fake: FakeKube, runtime) -> None:
 
     wait_until(lambda: endpoint_ready(runtime, "new") and runtime.endpoints.get("old") is None, 5, 0.02,
                "the re-listed state")
-    relisted = {call.resource for call in fake.calls_since(mark) if call.verb == "list"}
-    assert relisted == {"deployments", "services"}
+    wait_until(lambda: {call.resource for call in fake.calls_since(mark) if call.verb == "list"} == CACHED_RESOURCES,
+               5, 0.02, "every resource to be re-listed")
 
 
 def test_an_endpoint_the_proxy_marked_unready_is_restored_while_the_cluster_says_ready(
@@ -421,7 +424,7 @@ def test_throttling_server_errors_and_resets_are_retried(fake: FakeKube, runtime
     fake.fail_next("list", "pods", 429, times=1, retry_after=0)
     mark = fake.mark()
     created = runtime.create(KIND_TRAINING, "train-a", training_task("train-a")[1])
-    state = runtime.get(KIND_TRAINING, "train-a")
+    state = runtime.get(KIND_TRAINING, "train-a", fresh=True)
     assert state is not None and state.uid == created.uid
     verbs = [(call.verb, call.resource) for call in fake.calls_since(mark)]
     assert verbs.count(("create", "jobs")) == 3 and verbs.count(("list", "pods")) == 2
@@ -432,7 +435,7 @@ def test_retries_are_bounded_then_the_cluster_is_unavailable(fake: FakeKube, run
     fake.fail_next("get", "jobs", 503, times=100)
     mark = fake.mark()
     with pytest.raises(DependencyUnavailable, match="503"):
-        runtime.get(KIND_TRAINING, "train-a")
+        runtime.get(KIND_TRAINING, "train-a", fresh=True)
     gets = [call for call in fake.calls_since(mark) if (call.verb, call.resource) == ("get", "jobs")]
     assert len(gets) == FAST_RETRY.attempts
 
@@ -471,7 +474,7 @@ def test_injected_404_means_gone_not_an_error(fake: FakeKube, runtime) -> None:
     fake.fail_next("delete", "jobs", 404)  # another replica deleted it first
     assert runtime.delete(KIND_TRAINING, "train-a") is False
     fake.fail_next("get", "jobs", 404)
-    assert runtime.get(KIND_TRAINING, "train-a") is None
+    assert runtime.get(KIND_TRAINING, "train-a", fresh=True) is None
 
 
 def test_forbidden_is_cluster_permission_denied_naming_verb_resource_and_namespace(fake: FakeKube, runtime) -> None:
@@ -479,7 +482,7 @@ def test_forbidden_is_cluster_permission_denied_naming_verb_resource_and_namespa
     fake.fail_next("list", "pods", 403, message='pods is forbidden: User "system:serviceaccount:mlops:api" '
                                                 'cannot list resource "pods" in API group "" in the namespace')
     with pytest.raises(ClusterPermissionDenied) as raised:
-        runtime.get(KIND_TRAINING, "train-a")
+        runtime.get(KIND_TRAINING, "train-a", fresh=True)
     message = raised.value.message
     assert "list pods in namespace 'mlops-test'" in message and "RBAC" in message
     assert "verb 'list' on resource 'pods'" in message and "cannot list resource" in message

@@ -13,6 +13,7 @@ from app.profiles import load_profiles
 from app.runtime.base import Endpoint, EndpointCache
 from app.runtime.kubernetes.api import DEPLOYMENTS, SERVICES
 from app.runtime.kubernetes.endpoint_watch import EndpointWatch
+from app.runtime.kubernetes.object_cache import ObjectCache, Watched
 from app.runtime.kubernetes.routes import ServiceDnsRoute
 from app.runtime.local import LocalRuntime
 from app.schemas.inference import DeployRequest
@@ -54,9 +55,10 @@ def test_the_local_runtime_endpoint_carries_the_served_name_through_probes(tmp_p
 
 def test_the_cluster_watch_endpoint_carries_the_served_name() -> None:
     deployment, service = chat_manifests(allows_local_paths=False)
-    watch = EndpointWatch(api=None, route=ServiceDnsRoute("mlops"), endpoints=EndpointCache())  # type: ignore
-    watch.observe(DEPLOYMENTS, deployment)
-    watch.observe(SERVICES, service)
+    cache = ObjectCache(api=None, watched=[Watched(DEPLOYMENTS), Watched(SERVICES)])  # type: ignore[arg-type]
+    watch = EndpointWatch(cache, route=ServiceDnsRoute("mlops"), endpoints=EndpointCache())
+    cache.observe(DEPLOYMENTS, deployment)
+    cache.observe(SERVICES, service)
     endpoint = watch.endpoints.get("chat-task")
     assert endpoint is not None and endpoint.served_model_name == "chat-model"
 

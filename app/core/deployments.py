@@ -14,6 +14,7 @@ from app.core.manifests import (
     inference_service,
 )
 from app.core.names import id_problem, inference_name
+from app.core.pages import ListQuery, Page, page_of
 from app.core.requests import check_same_request
 from app.core.revisions import AutoAbort, CanaryRecord, Rollout, first_rollout, revision_states, rollout_of_state
 from app.core.tracking import Tracking
@@ -394,8 +395,13 @@ class DeploymentService:
             raise TaskNotFound(f"no deployment '{task_id}'", field="taskId")
         return self._task(state)
 
-    async def list(self) -> list[DeploymentTask]:
-        return [self._task(state) for state in await run_blocking(self.runtime.list, KIND_INFERENCE)]
+    async def list(self, query: ListQuery = ListQuery()) -> tuple[list[DeploymentTask], Page]:
+        """A page of the deployments (all of them without a limit), in task-id order."""
+        if query.profile is not None:
+            find_profile(self.profiles, query.profile, field="profile")
+        states = await run_blocking(self.runtime.list, KIND_INFERENCE)
+        page = page_of(states, query, lambda state: state.request.get("modelProfile"))
+        return [self._task(state) for state in page.states], page
 
     async def delete(self, task_id: str) -> None:
         state = await run_blocking(self.runtime.get, KIND_INFERENCE, task_id) if id_problem(task_id) is None else None

@@ -8,6 +8,7 @@ from app.core.blocking import run_blocking
 from app.core.log_streams import LogStreams
 from app.core.manifests import KIND_TRAINING, ClusterRefs, training_job
 from app.core.names import id_problem, job_name
+from app.core.pages import ListQuery, Page, page_of
 from app.core.requests import check_same_request
 from app.core.tracking import RunOutcome, Tracking
 from app.errors import Forbidden, InvalidSpec, TaskNotFound
@@ -35,12 +36,10 @@ def model_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {name: value for name, value in sorted(metrics.items()) if not name.startswith("progress_")}
 
 
-def find_profile(profiles: dict[str, ModelProfile], name: str) -> ModelProfile:
+def find_profile(profiles: dict[str, ModelProfile], name: str, field: str = "modelProfile") -> ModelProfile:
     profile = profiles.get(name)
     if profile is None:
-        raise InvalidSpec(
-            f"unknown model profile '{name}' (known: {', '.join(sorted(profiles))})", field="modelProfile"
-        )
+        raise InvalidSpec(f"unknown model profile '{name}' (known: {', '.join(sorted(profiles))})", field=field)
     return profile
 
 
@@ -157,9 +156,14 @@ class TrainingService:
             raise TaskNotFound(f"no training task '{task_id}'", field="taskId")
         return await self._task(state)
 
-    async def list(self) -> list[TrainingTask]:
+    async def list(self, query: ListQuery = ListQuery()) -> tuple[list[TrainingTask], Page]:
+        """A page of the tasks (all of them without a limit), in task-id order. Only the page's
+        tasks are read from MLflow."""
+        if query.profile is not None:
+            find_profile(self.profiles, query.profile, field="profile")
         states = await run_blocking(self.runtime.list, KIND_TRAINING)
-        return [await self._task(state) for state in states]
+        page = page_of(states, query, lambda state: state.request.get("modelProfile"))
+        return [await self._task(state) for state in page.states], page
 
     async def delete(self, task_id: str) -> None:
         if id_problem(task_id) is not None or not await run_blocking(self.runtime.delete, KIND_TRAINING, task_id):

@@ -1,8 +1,18 @@
-"""Responses shared by the routers."""
+"""Responses and query parameters shared by the routers."""
 
-from typing import Any
+from typing import Annotated, Any
+
+from fastapi import Query
 
 from app.schemas.common import ErrorBody
+
+# The list routes' paging and filters, as the Kubernetes API names them (limit, continue).
+LimitQuery = Annotated[int | None, Query(ge=1, description="At most this many items; the answer's `continue` "
+                                                           "asks for the next page")]
+ContinueQuery = Annotated[str | None, Query(alias="continue", min_length=1, max_length=4096,
+                                            description="The previous page's `continue`, as it came")]
+ProfileQuery = Annotated[str | None, Query(min_length=1, max_length=253,
+                                           description="Only tasks of this model profile")]
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}

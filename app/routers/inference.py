@@ -6,13 +6,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import PlainTextResponse
 
+from app.core.pages import ListQuery
 from app.deps import DeploymentsDep
-from app.routers.common import ERROR_RESPONSES
+from app.routers.common import ERROR_RESPONSES, ContinueQuery, LimitQuery, ProfileQuery
 from app.schemas.common import DeletedTask, DryRunResult
 from app.schemas.inference import (
     CanaryPromotion,
     CanaryRequest,
     CanaryWeight,
+    DeploymentStatus,
     DeploymentTask,
     DeploymentTaskList,
     DeploymentUpdate,
@@ -44,9 +46,17 @@ async def create_deployment(
     return task
 
 
-@router.get("/deployments", response_model=DeploymentTaskList, summary="List deployments")
-async def list_deployments(deployments: DeploymentsDep) -> DeploymentTaskList:
-    return DeploymentTaskList(items=await deployments.list())
+@router.get("/deployments", response_model=DeploymentTaskList, summary="List deployments, a page at a time with limit")
+async def list_deployments(
+    deployments: DeploymentsDep,
+    limit: LimitQuery = None,
+    continue_token: ContinueQuery = None,
+    status: Annotated[DeploymentStatus | None, Query(description="Only deployments in this status")] = None,
+    profile: ProfileQuery = None,
+) -> DeploymentTaskList:
+    query = ListQuery(limit, continue_token, status.value if status else None, profile)
+    items, page = await deployments.list(query)
+    return DeploymentTaskList(items=items, continue_token=page.continue_token, remaining_item_count=page.remaining)
 
 
 @router.get("/deployments/{task_id}", response_model=DeploymentTask, summary="A deployment and its status")

@@ -5,10 +5,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
+from app.core.pages import ListQuery
 from app.deps import TrainingDep
-from app.routers.common import ERROR_RESPONSES
+from app.routers.common import ERROR_RESPONSES, ContinueQuery, LimitQuery, ProfileQuery
 from app.schemas.common import DeletedTask, DryRunResult, ErrorBody
-from app.schemas.training import TrainingTask, TrainingTaskList, TrainRequest
+from app.schemas.training import TrainingStatus, TrainingTask, TrainingTaskList, TrainRequest
 from app.shutdown import until_shutdown
 
 router = APIRouter(prefix="/api/v1/train/jobs", tags=["training"], responses=ERROR_RESPONSES)
@@ -35,9 +36,17 @@ async def create_training_job(
     return task
 
 
-@router.get("", response_model=TrainingTaskList, summary="List training tasks")
-async def list_training_jobs(training: TrainingDep) -> TrainingTaskList:
-    return TrainingTaskList(items=await training.list())
+@router.get("", response_model=TrainingTaskList, summary="List training tasks, a page at a time with limit")
+async def list_training_jobs(
+    training: TrainingDep,
+    limit: LimitQuery = None,
+    continue_token: ContinueQuery = None,
+    status: Annotated[TrainingStatus | None, Query(description="Only tasks in this status")] = None,
+    profile: ProfileQuery = None,
+) -> TrainingTaskList:
+    query = ListQuery(limit, continue_token, status.value if status else None, profile)
+    items, page = await training.list(query)
+    return TrainingTaskList(items=items, continue_token=page.continue_token, remaining_item_count=page.remaining)
 
 
 @router.get("/{task_id}", response_model=TrainingTask, summary="A training task")

@@ -14,8 +14,9 @@ class Permission(NamedTuple):
 
 
 REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
-    # Training tasks are Jobs (read by name or by label); delete propagates to their pods.
-    Permission("batch", "jobs", ("create", "get", "list", "delete")),
+    # Training tasks are Jobs (read by name or by label; the object cache lists and watches them);
+    # delete propagates to their pods.
+    Permission("batch", "jobs", ("create", "get", "list", "watch", "delete")),
     # Inference tasks are a Deployment and a Service each (and a canary's pair while one runs);
     # the endpoint cache watches them; an update (a new revision, other replicas, a canary's
     # weight) replaces them.
@@ -28,8 +29,8 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     # Logs follow a pod by watching it until it starts.
     Permission("", "pods", ("list", "watch")),
     Permission("", "pods/log", ("get",)),
-    # Why a pod is pending (e.g. no GPU free) is told by its events.
-    Permission("", "events", ("list",)),
+    # Why a pod is pending (e.g. no GPU free) is told by its events (Warning ones, watched).
+    Permission("", "events", ("list", "watch")),
 )
 
 # Outside a cluster the predict proxy goes through the API server's service proxy with the

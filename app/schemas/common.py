@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from app.core.names import id_problem
@@ -10,6 +10,15 @@ from app.core.names import id_problem
 
 class CamelModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
+
+
+class ListPage(CamelModel):
+    """Where a paged list goes on, as the Kubernetes API says it: `continue` is passed back for the
+    next page; both are null on the last page (and on a list asked for without `limit`)."""
+
+    continue_token: str | None = Field(None, alias="continue",
+                                       description="Pass as ?continue= for the next page; null on the last")
+    remaining_item_count: int | None = Field(None, description="Matching tasks after this page")
 
 
 class StrictCamelModel(CamelModel):

@@ -5,7 +5,7 @@ from enum import StrEnum
 
 from pydantic import Field, model_validator
 
-from app.schemas.common import CamelModel, KubernetesId, StrictCamelModel
+from app.schemas.common import CamelModel, KubernetesId, ListPage, StrictCamelModel
 
 RunId = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
 # MLflow's registered-model names are free text; these rules keep them safe in labels of logs and URIs.
@@ -192,5 +192,5 @@ class DeploymentTask(CamelModel):
     created_at: datetime | None = None
 
 
-class DeploymentTaskList(CamelModel):
+class DeploymentTaskList(ListPage):
     items: list[DeploymentTask]

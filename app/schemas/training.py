@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from app.schemas.common import CamelModel, KubernetesId, StrictCamelModel
+from app.schemas.common import CamelModel, KubernetesId, ListPage, StrictCamelModel
 
 # Values a client may send to say "no initial model" (the seed sends the string "None").
 _NO_MODEL = {"", "none", "null"}
@@ -73,5 +73,5 @@ class TrainingTask(CamelModel):
     mlflow_run_url: str | None = None
 
 
-class TrainingTaskList(CamelModel):
+class TrainingTaskList(ListPage):
     items: list[TrainingTask]

@@ -63,7 +63,9 @@ class ObjectStore:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.resource_version = 0
+        # As etcd's revision, never 0 (a watch from "0" means "from any point, with everything"),
+        # even before the first write: an empty list's resourceVersion is a real one to resume from.
+        self.resource_version = 1
         self.history: list[WatchEvent] = []
         # Watches resuming from before this resourceVersion get 410 Gone.
         self.compacted_before = 0

@@ -256,10 +256,11 @@ class ClusterApi:
     def watch(
         self,
         resource: Resource,
-        labels: Selector,
+        labels: Selector | None,
         resource_version: str,
         timeout_seconds: int,
         watcher: watch.Watch,
+        fields: str | None = None,
     ) -> Generator[dict[str, Any], None, None]:
         """Raw watch events ({"type", "object"}) from `resource_version` until the server ends the stream.
 
@@ -267,10 +268,15 @@ class ClusterApi:
         """
         # The read timeout outlives the server's own, so only a dead connection trips it.
         request_timeout = (self.request_timeout_seconds, timeout_seconds + self.request_timeout_seconds)
+        selectors: dict[str, str] = {}
+        if labels:
+            selectors["label_selector"] = label_selector(labels)
+        if fields:
+            selectors["field_selector"] = fields
         stream = watcher.stream(
             self._method(resource, "list"),
             self.namespace,
-            label_selector=label_selector(labels),
+            **selectors,
             resource_version=resource_version,
             timeout_seconds=timeout_seconds,
             allow_watch_bookmarks=True,

@@ -47,8 +47,9 @@ from app.runtime.kubernetes.api import (
     RetryPolicy,
 )
 from app.runtime.kubernetes.connection import connect, predict_route
-from app.runtime.kubernetes.endpoint_watch import WATCHED, EndpointWatch
+from app.runtime.kubernetes.endpoint_watch import INFERENCE_SELECTOR, EndpointWatch
 from app.runtime.kubernetes.logs import LogFollower, read_task_log
+from app.runtime.kubernetes.object_cache import ObjectCache, Watched
 from app.runtime.kubernetes.routes import ApiServerProxyRoute, ServiceRoute
 from app.runtime.kubernetes.status import (
     Phase,
@@ -75,6 +76,16 @@ Objects = list[dict[str, Any]]
 Made = list[tuple[Resource, dict[str, Any]]]
 PodsByTask = dict[str, Objects]
 States = list[WorkloadState]
+# Why a pod is not there or not scheduled (FailedCreate, FailedScheduling): Warning events.
+WARNINGS = "type=Warning"
+# What the object cache keeps: everything the status, the lists and the endpoints are read from.
+CACHED = (
+    Watched(JOBS, task_selector(KIND_TRAINING)),
+    Watched(DEPLOYMENTS, INFERENCE_SELECTOR),
+    Watched(SERVICES, INFERENCE_SELECTOR),
+    Watched(PODS, {LABEL_MANAGED_BY: MANAGED_BY}),
+    Watched(EVENTS, fields=WARNINGS),
+)
 
 
 def _labels(obj: dict[str, Any]) -> dict[str, str]:
@@ -174,9 +185,8 @@ class KubernetesRuntime:
         # services bound the streams to the same number; app/core/log_streams.py).
         self._log_threads = ThreadPoolExecutor(max_workers=log_followers, thread_name_prefix="log-follow")
         self.sync_timeout_seconds = sync_timeout_seconds
-        self._watch = EndpointWatch(
-            self.api, self.route, self.endpoints, watch_timeout_seconds, watch_retry_delay_seconds
-        )
+        self.cache = ObjectCache(self.api, CACHED, watch_timeout_seconds, watch_retry_delay_seconds)
+        self._watch = EndpointWatch(self.cache, self.route, self.endpoints)
         self._refresh_task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -193,21 +203,24 @@ class KubernetesRuntime:
     # -- lifecycle -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._watch.start(asyncio.get_running_loop())
+        self._watch.attach(asyncio.get_running_loop())
+        self.cache.start()
         # Serve predicts from the first request if the cluster answers; never hang start-up if not.
-        if not await asyncio.to_thread(self._watch.wait_synced, self.sync_timeout_seconds):
-            log.warning("the endpoint watch has not listed the cluster yet; predicts answer 404 until it does")
+        if not await asyncio.to_thread(self.cache.wait_synced, self.sync_timeout_seconds):
+            log.warning("the object cache has not listed the cluster yet; predicts answer 404 until it does, "
+                        "status and lists read the API meanwhile")
         self._refresh_task = asyncio.create_task(self._restore_endpoints_forever())
 
     def unready_reason(self) -> str | None:
-        return self._watch.unreachable_reason()
+        return self.cache.unreachable_reason()
 
     async def close(self) -> None:
         if self._refresh_task is not None:
             self._refresh_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh_task
-        await asyncio.to_thread(self._watch.stop)
+        await asyncio.to_thread(self.cache.stop)
+        self._watch.attach(None)
         self._log_threads.shutdown(wait=False, cancel_futures=True)  # followers were ended at shutdown
 
     async def _restore_endpoints_forever(self) -> None:
@@ -226,8 +239,7 @@ class KubernetesRuntime:
             self._remove(made)  # nothing half-made: a Deployment without its Service goes again
             raise
         for resource, obj in made:
-            if resource in WATCHED:
-                self._watch.observe(resource, obj)
+            self.cache.observe(resource, obj)
         first = made[0][1]
         return self._states(kind, [first], pods={}, events=[])[0]
 
@@ -245,7 +257,7 @@ class KubernetesRuntime:
         except ObjectExists:
             pass
         if not made:
-            state = self.get(kind, task_id)
+            state = self.get(kind, task_id, fresh=True)
             if state is not None:
                 raise AlreadyExists(state) from None
         existing = self.api.get(resource, name)
@@ -300,7 +312,7 @@ class KubernetesRuntime:
         except BaseException:
             self._remove(made)  # a refused update makes nothing
             raise
-        self._watch.observe(DEPLOYMENTS, replaced)
+        self.cache.observe(DEPLOYMENTS, replaced)
         for manifest in manifests:
             if manifest["kind"] == "Service" and _task_kind(manifest) == KIND_INFERENCE:
                 self._put(task_id, manifest, replaced, [], quiet=True)
@@ -343,8 +355,7 @@ class KubernetesRuntime:
                 raise self._changed_meanwhile(task_id, name) from None
             log.warning("the %s %s was not updated: %s", manifest["kind"], name, exc)
             return None
-        if resource in WATCHED:
-            self._watch.observe(resource, obj)
+        self.cache.observe(resource, obj)
         return obj
 
     def _remove_unwanted(self, task_id: str, wanted: set[tuple[str, str]]) -> None:
@@ -376,18 +387,24 @@ class KubernetesRuntime:
             except MlopsError as exc:
                 log.error("could not remove %s %s after a failed create: %s", resource, obj["metadata"]["name"], exc)
 
-    def get(self, kind: str, task_id: str) -> WorkloadState | None:
+    def get(self, kind: str, task_id: str, fresh: bool = False) -> WorkloadState | None:
+        """The task's state, from the object cache once it has listed the cluster (no API call);
+        `fresh` reads the API itself (what a write decides on)."""
         if kind == KIND_TRAINING:
-            job = self.api.get(JOBS, job_name(task_id))
+            if fresh or not self.cache.synced(JOBS):
+                job = self.api.get(JOBS, job_name(task_id))
+            else:
+                job = next((j for j in self.cache.objects(JOBS, task_id) if j["metadata"]["name"] == job_name(task_id)),
+                           None)
             objects = [job] if job is not None and _belongs(job, kind, task_id) else []
         else:
-            deployments, _ = self.api.list(DEPLOYMENTS, task_selector(kind, task_id))
+            deployments = self._objects(DEPLOYMENTS, kind, task_id, fresh)
             objects = [deployment] if (deployment := newest(deployments)) is not None else []
-        states = self._states(kind, objects, task_id=task_id)
+        states = self._states(kind, objects, task_id=task_id, fresh=fresh)
         return states[0] if states else None
 
     def list(self, kind: str) -> States:
-        objects, _ = self.api.list(self._workload_resource(kind), task_selector(kind))
+        objects = self._objects(self._workload_resource(kind), kind)
         # One object per task; were there several (someone copied one), the newest speaks for it.
         by_task: PodsByTask = defaultdict(list)
         for obj in objects:
@@ -413,7 +430,7 @@ class KubernetesRuntime:
             objects, _ = self.api.list(resource, labels)
             for obj in objects:
                 deleted = self.api.delete(resource, obj["metadata"]["name"], obj["metadata"]["uid"]) or deleted
-        self._watch.forget(task_id)
+        self.cache.forget(task_id)
         return deleted
 
     def read_logs(self, kind: str, task_id: str, tail: int | None) -> str:
@@ -440,6 +457,20 @@ class KubernetesRuntime:
     def _workload_resource(kind: str) -> Resource:
         return JOBS if kind == KIND_TRAINING else DEPLOYMENTS
 
+    def _objects(self, resource: Resource, kind: str, task_id: str | None = None, fresh: bool = False) -> Objects:
+        """The objects of that resource made for tasks of `kind` (that task only, if given): from
+        the object cache when it can answer, else listed from the API."""
+        if fresh or not self.cache.synced(resource):
+            objects, _ = self.api.list(resource, task_selector(kind, task_id))
+            return objects
+        return [obj for obj in self.cache.objects(resource, task_id) if _belongs(obj, kind, task_id)]
+
+    def _warnings(self, fresh: bool = False) -> Objects:
+        if fresh or not self.cache.synced(EVENTS):
+            events, _ = self.api.list(EVENTS, fields=WARNINGS)
+            return events
+        return self.cache.objects(EVENTS)
+
     def _states(
         self,
         kind: str,
@@ -447,6 +478,7 @@ class KubernetesRuntime:
         task_id: str | None = None,
         pods: PodsByTask | None = None,
         events: Objects | None = None,
+        fresh: bool = False,
     ) -> States:
         """States of `objects` (Jobs or Deployments), with pods and events read only when they can tell more."""
         phase_of: PhaseOf = training_phase if kind == KIND_TRAINING else inference_phase
@@ -454,13 +486,12 @@ class KubernetesRuntime:
         # Which revision serves is told by the pods while a rollout goes on.
         rolling = kind == KIND_INFERENCE and not all(rollout_complete(obj) for obj in objects)
         if pods is None and (rolling or any(phase not in _SETTLED for phase, _ in phases.values())):
-            pods = self._pods_by_task(kind, task_id)
+            pods = self._pods_by_task(kind, task_id, fresh)
         listed = pods is not None
         pods = pods or {}
         phases = {id(obj): phase_of(obj, pods.get(_labels(obj)[LABEL_TASK_ID], []), []) for obj in objects}
         if events is None and any(phase in _PENDING for phase, _ in phases.values()):
-            # Why a pod is not there or not scheduled (FailedCreate, FailedScheduling): Warning events.
-            events, _ = self.api.list(EVENTS, fields="type=Warning")
+            events = self._warnings(fresh)
             phases = {
                 id(obj): phase_of(obj, pods.get(_labels(obj)[LABEL_TASK_ID], []), events) for obj in objects
             }
@@ -469,23 +500,24 @@ class KubernetesRuntime:
             for state, obj in zip(states, objects, strict=True):
                 task_pods = pods.get(state.task_id, []) if listed else None
                 state.serving_revision, state.revision_problem = revision_status(obj, task_pods)
-            self._canary_states([state for state in states if (state.rollout or {}).get("canary")], task_id, events)
+            self._canary_states([state for state in states if (state.rollout or {}).get("canary")], task_id, events,
+                                fresh)
         return states
 
-    def _canary_states(self, states: States, task_id: str | None, events: Objects | None) -> None:
+    def _canary_states(self, states: States, task_id: str | None, events: Objects | None, fresh: bool) -> None:
         """The readiness of the canaries the states' rollouts name, and why one is not ready."""
         if not states:
             return
-        listed, _ = self.api.list(DEPLOYMENTS, task_selector(KIND_CANARY, task_id))
+        listed = self._objects(DEPLOYMENTS, KIND_CANARY, task_id, fresh)
         groups: PodsByTask = defaultdict(list)
         for obj in listed:
             groups[_labels(obj).get(LABEL_TASK_ID, "")].append(obj)
         canaries = {task: newest(group) for task, group in groups.items()}
         phases = {task: inference_phase(obj, []) for task, obj in canaries.items() if obj is not None}
-        pods = (self._pods_by_task(KIND_CANARY, task_id)
+        pods = (self._pods_by_task(KIND_CANARY, task_id, fresh)
                 if any(phase != DeploymentStatus.READY for phase, _ in phases.values()) else {})
         if events is None and any(phase in _PENDING for phase, _ in phases.values()):
-            events, _ = self.api.list(EVENTS, fields="type=Warning")
+            events = self._warnings(fresh)
         for state in states:
             canary = canaries.get(state.task_id)
             wanted = (state.rollout or {})["canary"].get("revision")
@@ -500,8 +532,8 @@ class KubernetesRuntime:
             elif running != wanted:
                 state.canary_problem = f"the canary's Deployment runs revision {running}, not {wanted} yet"
 
-    def _pods_by_task(self, kind: str, task_id: str | None) -> PodsByTask:
-        pods, _ = self.api.list(PODS, task_selector(kind, task_id))
+    def _pods_by_task(self, kind: str, task_id: str | None, fresh: bool = False) -> PodsByTask:
+        pods = self._objects(PODS, kind, task_id, fresh)
         by_task: PodsByTask = defaultdict(list)
         for pod in pods:
             by_task[_labels(pod).get(LABEL_TASK_ID, "")].append(pod)

@@ -1,0 +1,129 @@
+"""Status and lists on a cluster come from the watch-fed object cache: once it has listed the
+cluster, no read calls the Kubernetes API, and what it answers is what the API itself would."""
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from app.core.manifests import KIND_INFERENCE, KIND_TRAINING
+from app.core.names import job_name
+from app.main import create_app
+from app.runtime.kubernetes import KubernetesRuntime
+from app.settings import Settings
+from tests.fake_kube import FakeKube
+from tests.fake_kube import pods as pod_status
+from tests.fake_kube.runtime import caught_up, make_runtime
+from tests.fake_kube.tasks import inference_task, training_task
+from tests.support import wait_until
+
+ADMIN = {"Authorization": "Bearer lists-admin-token"}
+
+
+def reads(fake: FakeKube, mark: int) -> list[tuple[str, str]]:
+    """The API calls that read objects since `mark` (a watch resuming after its timeout is not one)."""
+    return [(call.verb, call.resource) for call in fake.calls_since(mark) if call.verb in ("get", "list")]
+
+
+def a_cluster_at_work(fake: FakeKube, runtime: Any) -> None:
+    """Training tasks in every phase (one unschedulable, told by an event) and deployments pending,
+    ready and crashing."""
+    for i in range(12):
+        runtime.create(KIND_TRAINING, f"train-{i:02d}", training_task(f"train-{i:02d}")[1])
+    fake.start_job(job_name("train-01"))
+    fake.start_job(job_name("train-02"))
+    fake.complete_job(job_name("train-02"))
+    fake.start_job(job_name("train-03"))
+    fake.fail_job(job_name("train-03"), termination_message="KeyError: 'price'")
+    pod = fake.add_pod("jobs", job_name("train-04"), {"phase": "Pending"})
+    fake.add_event(fake.get("pods", pod), "FailedScheduling", "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
+    for i, profile in enumerate(("tabular_regression", "tabular_regression", "tabular_classification")):
+        runtime.create(KIND_INFERENCE, f"deploy-{i}", inference_task(f"deploy-{i}", f"model-{i}", profile)[1])
+    fake.make_deployment_available("infer-model-0")
+    fake.add_pod("deployments", "infer-model-1", pod_status.waiting("CrashLoopBackOff", "back-off restarting"))
+
+
+def test_status_and_lists_call_no_kubernetes_api_and_answer_as_the_api_would(fake: FakeKube, loop) -> None:
+    runtime = make_runtime(fake)
+    loop.run(runtime.start())
+    try:
+        a_cluster_at_work(fake, runtime)
+        caught_up(runtime, fake)
+        mark = fake.mark()
+        cached = {kind: runtime.list(kind) for kind in (KIND_TRAINING, KIND_INFERENCE)}
+        single = {(kind, s.task_id): runtime.get(kind, s.task_id) for kind, states in cached.items() for s in states}
+        assert reads(fake, mark) == []
+        assert len(cached[KIND_TRAINING]) == 12 and len(cached[KIND_INFERENCE]) == 3
+        # The same answers as reading the API itself (the cache's slim objects lose nothing read).
+        for (kind, task_id), state in single.items():
+            assert state == runtime.get(kind, task_id, fresh=True), task_id
+        phases = {s.task_id: (s.phase, s.message) for s in cached[KIND_TRAINING]}
+        assert phases["train-01"][0] == "Running" and phases["train-02"][0] == "Succeeded"
+        assert phases["train-03"][0] == "Failed" and "KeyError: 'price'" in phases["train-03"][1]
+        assert phases["train-04"] == ("Pending", "FailedScheduling: 0/1 nodes are available: 1 Insufficient "
+                                                 "nvidia.com/gpu.")
+        assert {s.task_id: s.phase for s in cached[KIND_INFERENCE]} == \
+            {"deploy-0": "Ready", "deploy-1": "Failed", "deploy-2": "Pending"}
+        # A change made by the cluster reaches the next read through the watch, still with no call.
+        fake.complete_job(job_name("train-01"))
+        mark = fake.mark()
+        wait_until(lambda: runtime.get(KIND_TRAINING, "train-01").phase == "Succeeded", 5, 0.01,
+                   "the watch to bring the Job's completion")
+        assert reads(fake, mark) == []
+    finally:
+        loop.run(runtime.close())
+
+
+def test_before_the_cache_has_listed_the_cluster_reads_go_to_the_api(fake: FakeKube) -> None:
+    runtime = make_runtime(fake)  # not started: no watch, nothing cached
+    runtime.create(KIND_TRAINING, "train-a", training_task("train-a")[1])
+    mark = fake.mark()
+    assert [s.task_id for s in runtime.list(KIND_TRAINING)] == ["train-a"]
+    assert ("list", "jobs") in reads(fake, mark)
+
+
+def test_the_list_routes_page_and_filter_with_no_kubernetes_call(fake: FakeKube, mlflow_uri: str) -> None:
+    runtime = KubernetesRuntime(fake.api_client(), fake.namespace, watch_retry_delay_seconds=0.05)
+    settings = Settings(runtime="kubernetes", mlflow_uri=mlflow_uri, namespace=fake.namespace,
+                        api_tokens=f"admin:{ADMIN['Authorization'].split()[1]}")
+    with TestClient(create_app(settings, runtime=runtime)) as client:
+        a_cluster_at_work(fake, runtime)
+        caught_up(runtime, fake)
+        mark = fake.mark()
+        seen: list[str] = []
+        query: dict[str, Any] = {"limit": 5}
+        while True:
+            page = client.get("/api/v1/train/jobs", params=query, headers=ADMIN)
+            assert page.status_code == 200, page.text
+            body = page.json()
+            seen += [item["taskId"] for item in body["items"]]
+            if body["continue"] is None:
+                assert body["remainingItemCount"] is None
+                break
+            assert len(body["items"]) == 5 and body["remainingItemCount"] == 12 - len(seen)
+            query["continue"] = body["continue"]
+        assert seen == [f"train-{i:02d}" for i in range(12)]
+        # Without limit: everything, as before pages existed.
+        everything = client.get("/api/v1/train/jobs", headers=ADMIN).json()
+        assert len(everything["items"]) == 12 and everything["continue"] is None
+        failed = client.get("/api/v1/train/jobs", params={"status": "Failed"}, headers=ADMIN).json()["items"]
+        assert [item["taskId"] for item in failed] == ["train-03"]
+        classifiers = client.get("/api/v1/inference/deployments", params={"profile": "tabular_classification"},
+                                 headers=ADMIN).json()["items"]
+        assert [item["taskId"] for item in classifiers] == ["deploy-2"]
+        ready = client.get("/api/v1/inference/deployments", params={"status": "Ready", "limit": 1},
+                           headers=ADMIN).json()
+        assert [item["taskId"] for item in ready["items"]] == ["deploy-0"] and ready["continue"] is None
+        for task_id in ("train-00", "train-03"):
+            assert client.get(f"/api/v1/train/jobs/{task_id}/status", headers=ADMIN).status_code == 200
+        assert reads(fake, mark) == []
+
+        # Bad paging or filters: 422 naming the parameter, as every refused request does.
+        for params, field in (({"limit": 0}, "limit"), ({"status": "Done"}, "status"),
+                              ({"profile": "no_such_profile"}, "profile"), ({"continue": "garbage"}, "continue")):
+            refused = client.get("/api/v1/train/jobs", params=params, headers=ADMIN)
+            assert refused.status_code == 422, (params, refused.text)
+            assert refused.json()["error"]["field"] == field, refused.text
+        token = client.get("/api/v1/train/jobs", params={"limit": 1, "status": "Pending"}, headers=ADMIN).json()
+        replayed = client.get("/api/v1/train/jobs", params={"limit": 1, "continue": token["continue"]}, headers=ADMIN)
+        error = replayed.json()["error"]
+        assert replayed.status_code == 422 and error["field"] == "continue" and "filters" in error["message"]
