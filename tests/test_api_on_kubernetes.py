@@ -23,6 +23,7 @@ from app.runtime.permissions import API_PROXY_PERMISSIONS, REQUIRED_PERMISSIONS,
 from app.settings import PROJECT_ROOT, Settings
 from models.spec import SERVE_HOST_ENV, SERVE_PORT_ENV, TERMINATION_LOG_ENV, TRAIN_SPEC_ENV, TrainSpec
 from tests.fake_kube import FakeKube
+from tests.fake_kube.runtime import caught_up
 from tests.support import free_port, regression_csv, wait_until
 
 ADMIN_TOKEN = "admin-token-for-k8s-tests"
@@ -99,7 +100,7 @@ def test_train_status_deploy_predict_delete_on_kubernetes(
 ) -> None:
     dataset = regression_csv(tmp_path / "houses.csv")
     with FakeKube(token="cluster-token") as fake:
-        app, _ = kubernetes_app(fake, mlflow_uri)
+        app, runtime = kubernetes_app(fake, mlflow_uri)
         with TestClient(app, headers=ADMIN) as client:
             local = client.post("/api/v1/train/jobs", json={
                 "taskId": "local-path", "experimentName": "k8s", "modelProfile": "tabular_regression",
@@ -117,6 +118,7 @@ def test_train_status_deploy_predict_delete_on_kubernetes(
             assert conflict.status_code == 409
 
             run_trainer_as_kubelet(fake, "train-k8s-train", dataset, mlflow_uri, tmp_path)
+            caught_up(runtime, fake)  # the API reads the cluster through its watches
             status = client.get("/api/v1/train/jobs/k8s-train/status").json()
             assert status["status"] == "Succeeded", status
             assert status["startTime"] and status["completionTime"]
@@ -155,7 +157,7 @@ def test_train_status_deploy_predict_delete_on_kubernetes(
             assert [(c.verb, c.resource) for c in through_cluster] == [("create", "services/proxy")] * 25
 
         # A restarted API (or a second replica) finds everything in the cluster and serves it.
-        app, _ = kubernetes_app(fake, mlflow_uri)
+        app, runtime = kubernetes_app(fake, mlflow_uri)
         with TestClient(app, headers=ADMIN) as client:
             assert [t["taskId"] for t in client.get("/api/v1/train/jobs").json()["items"]] == ["k8s-train"]
             assert client.get("/api/v1/train/jobs/k8s-train/status").json()["mlflowRunId"] == run_id
@@ -186,7 +188,7 @@ def test_train_status_deploy_predict_delete_on_kubernetes(
 def test_a_failed_training_job_shows_the_trainers_error(mlflow_uri: str, tmp_path: Path) -> None:
     dataset = regression_csv(tmp_path / "houses.csv", rows=50)
     with FakeKube(token="cluster-token") as fake:
-        app, _ = kubernetes_app(fake, mlflow_uri)
+        app, runtime = kubernetes_app(fake, mlflow_uri)
         with TestClient(app, headers=ADMIN) as client:
             created = client.post("/api/v1/train/jobs", json={
                 "taskId": "bad-target", "experimentName": "k8s-errors", "modelProfile": "tabular_regression",
@@ -194,6 +196,7 @@ def test_a_failed_training_job_shows_the_trainers_error(mlflow_uri: str, tmp_pat
                 "hyperparameters": {"numEpoch": 1}})
             assert created.status_code == 201, created.text
             run_trainer_as_kubelet(fake, "train-bad-target", dataset, mlflow_uri, tmp_path)
+            caught_up(runtime, fake)
             status = client.get("/api/v1/train/jobs/bad-target/status").json()
             assert status["status"] == "Failed"
             for pod in fake.pods_of("train-bad-target"):

@@ -11,6 +11,7 @@ from app.core.manifests import LABEL_REVISION
 from app.runtime.permissions import API_PROXY_PERMISSIONS, REQUIRED_PERMISSIONS, allows
 from tests.fake_kube import FakeKube
 from tests.fake_kube import pods as pod_status
+from tests.fake_kube.runtime import caught_up
 from tests.test_api_on_kubernetes import ADMIN, kubernetes_app
 from tests.test_kubernetes_rollout import assert_valid_and_restricted, served_run
 
@@ -44,13 +45,14 @@ def revisions(client: TestClient) -> list[tuple[int, str, str | None]]:
 def test_update_status_restart_rollback_and_scale_through_the_api(mlflow_uri: str) -> None:
     run_a, run_b = finished_runs(mlflow_uri, 2)
     with FakeKube(token="cluster-token") as fake:
-        app, _ = kubernetes_app(fake, mlflow_uri)
+        app, runtime = kubernetes_app(fake, mlflow_uri)
         with TestClient(app, headers=ADMIN) as client:
             created = client.post("/api/v1/inference/deployments", json={
                 "taskId": "rollout", "modelId": "house-rollout", "mlflowRunId": run_a,
                 "modelProfile": "tabular_regression"})
             assert created.status_code == 201, created.text
             fake.make_deployment_available(NAME)
+            caught_up(runtime, fake)
             assert client.get(DEPLOYMENT).json()["servingRevision"] == 1
 
             # A dry run shows the new revision's objects and changes nothing.
@@ -75,6 +77,7 @@ def test_update_status_restart_rollback_and_scale_through_the_api(mlflow_uri: st
 
             # The new model cannot load: revision 1 keeps serving and the status says why.
             pod = fake.add_revision_pod(NAME, pod_status.crash_looping(1, "Error", "ValueError: cannot load model"))
+            caught_up(runtime, fake)
             status = client.get(DEPLOYMENT).json()
             assert (status["status"], status["servingRevision"], status["revision"]) == ("Ready", 1, 2)
             assert status["message"].startswith("revision 2 cannot start: CrashLoopBackOff")
@@ -84,11 +87,12 @@ def test_update_status_restart_rollback_and_scale_through_the_api(mlflow_uri: st
 
             fake.set_pod_status(pod, pod_status.running(ready=True))
             fake.roll_out(NAME)
+            caught_up(runtime, fake)
             status = client.get(DEPLOYMENT).json()
             assert (status["servingRevision"], status["revision"], status["status"]) == (2, 2, "Ready")
 
         # A restarted API reads the revisions back from the cluster.
-        app, _ = kubernetes_app(fake, mlflow_uri)
+        app, runtime = kubernetes_app(fake, mlflow_uri)
         with TestClient(app, headers=ADMIN) as client:
             assert revisions(client) == [(2, "Serving", run_b), (1, "Retired", run_a)]
 
@@ -97,6 +101,7 @@ def test_update_status_restart_rollback_and_scale_through_the_api(mlflow_uri: st
             assert (rolled.json()["revision"], rolled.json()["servingRevision"]) == (3, 2)
             assert revision_label(fake) == "3" and served_run(fake.get("deployments", NAME)) == f"runs:/{run_a}/model"
             fake.roll_out(NAME)
+            caught_up(runtime, fake)
             assert revisions(client) == [(3, "Serving", run_a), (2, "Retired", run_b), (1, "Retired", run_a)]
 
             scaled = client.patch(DEPLOYMENT, json={"replicas": 2})
@@ -104,6 +109,7 @@ def test_update_status_restart_rollback_and_scale_through_the_api(mlflow_uri: st
             assert (scaled.json()["replicas"], scaled.json()["revision"]) == (2, 3)
             assert fake.get("deployments", NAME)["spec"]["replicas"] == 2 and revision_label(fake) == "3"
             assert len(fake.roll_out(NAME)) == 2
+            caught_up(runtime, fake)
             assert client.get(DEPLOYMENT).json()["readyReplicas"] == 2
 
             assert client.patch("/api/v1/inference/deployments/nothing-here", json={"replicas": 2}).status_code == 404

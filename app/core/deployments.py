@@ -211,7 +211,9 @@ class DeploymentService:
     # -- day 2: update, revisions, rollback --------------------------------------------------------
 
     async def _existing(self, task_id: str) -> WorkloadState:
-        state = await run_blocking(self.runtime.get, KIND_INFERENCE, task_id) if id_problem(task_id) is None else None
+        """The deployment as a change decides on it: read from the cluster, not a cache."""
+        state = (await run_blocking(self.runtime.get, KIND_INFERENCE, task_id, True)
+                 if id_problem(task_id) is None else None)
         if state is None:
             raise TaskNotFound(f"no deployment '{task_id}'", field="taskId")
         return state

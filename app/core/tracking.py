@@ -70,16 +70,16 @@ class Tracking:
         return RunInfo(run.info.run_id, run.info.status, run.data.tags.get(PROFILE_TAG))
 
     def find_task_run(self, experiment_name: str, task_id: str) -> str | None:
-        """Id of the newest run tagged with this task id, or None (also when MLflow is down)."""
+        """Id of the newest run tagged with this task id, or None if there is none; raises
+        DependencyUnavailable when MLflow cannot say (after one more try)."""
         for attempt in range(2):
             try:
                 return self._find_task_run(experiment_name, task_id)
-            except Exception as exc:  # a status read must not fail because MLflow hiccups
+            except Exception as exc:
                 if attempt:
-                    log.warning("looking up the MLflow run of task %s failed: %s", task_id, exc)
-                else:
-                    time.sleep(0.2)  # SQLite-backed servers refuse reads briefly under concurrent writes
-        return None
+                    raise self._unavailable(exc) from exc
+                time.sleep(0.2)  # SQLite-backed servers refuse reads briefly under concurrent writes
+        raise AssertionError("unreachable")
 
     def _find_task_run(self, experiment_name: str, task_id: str) -> str | None:
         experiment = self.client.get_experiment_by_name(experiment_name)

@@ -1,5 +1,6 @@
 """Training tasks: validate a request against its profile, build its Job, hand it to the runtime."""
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,13 @@ from app.core.names import id_problem, job_name
 from app.core.pages import ListQuery, Page, page_of
 from app.core.requests import check_same_request
 from app.core.tracking import RunOutcome, Tracking
-from app.errors import Forbidden, InvalidSpec, TaskNotFound
+from app.errors import DependencyUnavailable, Forbidden, InvalidSpec, TaskNotFound
 from app.profiles import ModelProfile
 from app.runtime.base import AlreadyExists, LogGone, Runtime, WorkloadState
 from app.schemas.training import TrainingProgress, TrainingStatus, TrainingTask, TrainRequest
 from models.spec import TRAINER_LOG_ARTIFACT, TrainSpec, dataset_scheme
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LOG_FOLLOWERS = 64
 PROGRESS_METRICS = {"step": "progress_step", "total_steps": "progress_total_steps",
@@ -51,8 +54,9 @@ class TrainingService:
         self.profiles = profiles
         self.tracking = tracking
         self.refs = refs
-        # Run ids never change once found, nor a finished run's outcome; keyed by the task's incarnation.
-        self._run_ids: dict[str, str] = {}
+        # Run ids never change once found (None: an ended task that made none), nor a finished run's
+        # outcome; keyed by the task's incarnation.
+        self._run_ids: dict[str, str | None] = {}
         self._outcomes: dict[str, RunOutcome] = {}
 
     def plan(self, request: TrainRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -192,13 +196,26 @@ class TrainingService:
             return f"{gone}; no log was kept with its MLflow run\n"
         return "".join(text.splitlines(keepends=True)[-tail:]) if tail is not None else text
 
+    async def _run_id(self, state: WorkloadState) -> str | None:
+        """The task's MLflow run, looked up until found; for an ended task, until MLflow answers
+        (its trainer has finished: a run it did not make by then never comes), so that a list of a
+        thousand ended tasks does not ask MLflow again on every read."""
+        if state.uid in self._run_ids:
+            return self._run_ids[state.uid]
+        if state.phase == TrainingStatus.PENDING:
+            return None
+        try:
+            run_id = await run_blocking(self.tracking.find_task_run, state.request["experimentName"], state.task_id)
+        except DependencyUnavailable as exc:  # a status read must not fail because MLflow hiccups
+            log.warning("looking up the MLflow run of task %s failed: %s", state.task_id, exc)
+            return None
+        if run_id is not None or state.phase in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED):
+            self._run_ids[state.uid] = run_id
+        return run_id
+
     async def _task(self, state: WorkloadState) -> TrainingTask:
         request = state.request
-        run_id = self._run_ids.get(state.uid)
-        if run_id is None and state.phase != TrainingStatus.PENDING:
-            run_id = await run_blocking(self.tracking.find_task_run, request["experimentName"], state.task_id)
-            if run_id:
-                self._run_ids[state.uid] = run_id
+        run_id = await self._run_id(state)
         progress = outcome = None
         if run_id and state.phase == TrainingStatus.RUNNING:
             progress = progress_of(await run_blocking(self.tracking.latest_metrics, run_id))

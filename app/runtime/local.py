@@ -270,8 +270,8 @@ class LocalRuntime:
         assert state is not None
         return state
 
-    def get(self, kind: str, task_id: str) -> WorkloadState | None:
-        return self._state(kind, task_id)
+    def get(self, kind: str, task_id: str, fresh: bool = False) -> WorkloadState | None:
+        return self._state(kind, task_id)  # read from disk: always fresh
 
     def list(self, kind: str) -> list[WorkloadState]:
         kind_dir = self.root / kind
