@@ -228,7 +228,9 @@ class FakeKube:
         return self.store.list(resource, self.namespace, labels)[0]
 
     def names(self, resource: str) -> list[str]:
-        return [obj["metadata"]["name"] for obj in self.list(resource)]
+        with self.store.cond:
+            return sorted(name for (kind, namespace, name) in self.store.objects
+                          if kind == resource and namespace == self.namespace)
 
     def create(self, resource: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.store.create(resource, self.namespace, body)
@@ -270,11 +272,13 @@ class FakeKube:
         self.update("pods", name, lambda pod: pod.update(status=_with_containers(status, pod["spec"])))
 
     def pods_of(self, owner_name: str) -> list[str]:
-        return [
-            pod["metadata"]["name"]
-            for pod in self.list("pods")
-            if any(ref.get("name") == owner_name for ref in pod["metadata"].get("ownerReferences") or [])
-        ]
+        # Read in place, not copied: the scale benchmark's controller asks this of a thousand Jobs.
+        with self.store.cond:
+            return sorted(
+                name for (resource, namespace, name), pod in self.store.objects.items()
+                if resource == "pods" and namespace == self.namespace
+                and any(ref.get("name") == owner_name for ref in pod["metadata"].get("ownerReferences") or [])
+            )
 
     def write_log(self, pod: str, text: str | bytes) -> None:
         self.store.append_log(self.namespace, pod, text.encode() if isinstance(text, str) else text)
