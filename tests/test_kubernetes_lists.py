@@ -5,10 +5,12 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from app.core.manifests import KIND_INFERENCE, KIND_TRAINING
+from app.core.manifests import KIND_INFERENCE, KIND_TRAINING, LABEL_TASK_ID
 from app.core.names import job_name
 from app.main import create_app
 from app.runtime.kubernetes import KubernetesRuntime
+from app.runtime.kubernetes.api import DEPLOYMENTS
+from app.runtime.kubernetes.object_cache import ObjectCache, Watched
 from app.settings import Settings
 from tests.fake_kube import FakeKube
 from tests.fake_kube import pods as pod_status
@@ -127,3 +129,22 @@ def test_the_list_routes_page_and_filter_with_no_kubernetes_call(fake: FakeKube,
         replayed = client.get("/api/v1/train/jobs", params={"limit": 1, "continue": token["continue"]}, headers=ADMIN)
         error = replayed.json()["error"]
         assert replayed.status_code == 422 and error["field"] == "continue" and "filters" in error["message"]
+
+
+def test_an_older_version_of_an_object_never_replaces_a_newer_one() -> None:
+    """The answer to the runtime's own create can reach the cache after the watch brought the
+    object's next change (its pod became ready): the cache keeps the newer one."""
+    cache = ObjectCache(api=None, watched=[Watched(DEPLOYMENTS)])  # type: ignore[arg-type]
+
+    def version(uid: str, resource_version: str, ready: int) -> dict[str, Any]:
+        return {"metadata": {"name": "infer-m", "uid": uid, "resourceVersion": resource_version,
+                             "labels": {LABEL_TASK_ID: "deploy-m"}}, "spec": {"replicas": 1},
+                "status": {"readyReplicas": ready}}
+
+    cache.observe(DEPLOYMENTS, version("uid-1", "12", ready=1))  # from the watch
+    cache.observe(DEPLOYMENTS, version("uid-1", "11", ready=0))  # the create's answer, late
+    (kept,) = cache.objects(DEPLOYMENTS, "deploy-m")
+    assert (kept["metadata"]["resourceVersion"], kept["status"]["readyReplicas"]) == ("12", 1)
+    cache.observe(DEPLOYMENTS, version("uid-2", "3", ready=0))  # deleted and made again: another object
+    (kept,) = cache.objects(DEPLOYMENTS, "deploy-m")
+    assert kept["metadata"]["uid"] == "uid-2"

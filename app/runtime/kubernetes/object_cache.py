@@ -96,11 +96,22 @@ def _name(obj: Obj) -> str:
 
 
 class Kept(NamedTuple):
-    """An object as the cache keeps it: what its index and deletions need, and its slim JSON."""
+    """An object as the cache keeps it: what its index, deletions and ordering need, and its slim JSON."""
 
     task_id: str | None
     uid: str | None
+    resource_version: str | None
     json: bytes
+
+
+def _older(candidate: str | None, kept: str | None) -> bool:
+    """Whether `candidate` is an older version than `kept`. resourceVersions are etcd revisions,
+    integers, on every API server (k3s's kine too), compared as client-go's mutation cache does;
+    versions that are not numbers are taken as newer."""
+    try:
+        return int(candidate or "") < int(kept or "")
+    except ValueError:
+        return False
 
 
 def task_id_of(obj: Obj) -> str | None:
@@ -210,11 +221,17 @@ class ObjectCache:
     # -- under the lock ------------------------------------------------------------------------------
 
     def _put(self, resource: Resource, obj: Obj) -> None:
+        """Keep `obj` unless a newer version of it is kept: the answer to the runtime's own create
+        can reach observe() after the watch has brought a later change of the object."""
         name = _name(obj)
+        metadata = obj["metadata"]
         before = self._objects[resource].get(name)
         if before is not None:
+            if before.uid == metadata.get("uid") and _older(metadata.get("resourceVersion"), before.resource_version):
+                return
             self._by_task[resource][before.task_id].discard(name)
-        kept = Kept(task_id_of(obj), obj["metadata"].get("uid"), orjson.dumps(slim(resource, obj)))
+        kept = Kept(task_id_of(obj), metadata.get("uid"), metadata.get("resourceVersion"),
+                    orjson.dumps(slim(resource, obj)))
         self._objects[resource][name] = kept
         self._by_task[resource][kept.task_id].add(name)
 
