@@ -1,9 +1,11 @@
 """Status and lists on a cluster come from the watch-fed object cache: once it has listed the
 cluster, no read calls the Kubernetes API, and what it answers is what the API itself would."""
 
+import contextlib
 from typing import Any
 
 from fastapi.testclient import TestClient
+from mlflow.tracking import MlflowClient
 
 from app.core.manifests import KIND_INFERENCE, KIND_TRAINING, LABEL_TASK_ID
 from app.core.names import job_name
@@ -12,10 +14,12 @@ from app.runtime.kubernetes import KubernetesRuntime
 from app.runtime.kubernetes.api import DEPLOYMENTS
 from app.runtime.kubernetes.object_cache import ObjectCache, Watched
 from app.settings import Settings
+from models.spec import TASK_ID_TAG
 from tests.fake_kube import FakeKube
 from tests.fake_kube import pods as pod_status
 from tests.fake_kube.runtime import caught_up, make_runtime
 from tests.fake_kube.tasks import inference_task, training_task
+from tests.mlflow_proxy import TrackingProxy
 from tests.support import wait_until
 
 ADMIN = {"Authorization": "Bearer lists-admin-token"}
@@ -148,3 +152,54 @@ def test_an_older_version_of_an_object_never_replaces_a_newer_one() -> None:
     cache.observe(DEPLOYMENTS, version("uid-2", "3", ready=0))  # deleted and made again: another object
     (kept,) = cache.objects(DEPLOYMENTS, "deploy-m")
     assert kept["metadata"]["uid"] == "uid-2"
+
+
+def test_a_list_asks_mlflow_once_per_experiment_and_an_ended_tasks_run_is_kept(
+    fake: FakeKube, mlflow_uri: str
+) -> None:
+    tracking = TrackingProxy(mlflow_uri)
+    runtime = KubernetesRuntime(fake.api_client(), fake.namespace, watch_retry_delay_seconds=0.05)
+    settings = Settings(runtime="kubernetes", mlflow_uri=tracking.uri, namespace=fake.namespace,
+                        api_tokens=f"admin:{ADMIN['Authorization'].split()[1]}")
+    mlflow = MlflowClient(mlflow_uri)
+    try:
+        with TestClient(create_app(settings, runtime=runtime)) as client:
+            ids = [f"listed-{i:02d}" for i in range(20)]
+            for task_id in ids:
+                body = {"taskId": task_id, "experimentName": "lists-batched", "modelProfile": "tabular_regression",
+                        "customModelName": "lists-batched", "datasetPath": "s3://datasets/houses.csv"}
+                assert client.post("/api/v1/train/jobs", json=body, headers=ADMIN).status_code == 201
+            # What each trainer would have made: a run tagged with its task, a registered version.
+            experiment = mlflow.get_experiment_by_name("lists-batched") or mlflow.get_experiment(
+                mlflow.create_experiment("lists-batched"))
+            runs = {}
+            for task_id in ids[:15]:
+                run = mlflow.create_run(experiment.experiment_id, tags={TASK_ID_TAG: task_id})
+                mlflow.log_metric(run.info.run_id, "val_rmse", 1.5)
+                mlflow.set_terminated(run.info.run_id)
+                runs[task_id] = run.info.run_id
+            with contextlib.suppress(Exception):
+                mlflow.create_registered_model("lists-batched")
+            mlflow.create_model_version("lists-batched", f"runs:/{runs['listed-03']}/model", runs["listed-03"])
+            for task_id in ids:
+                fake.start_job(job_name(task_id))
+                fake.complete_job(job_name(task_id))
+            caught_up(runtime, fake)
+
+            before = len(tracking.paths)
+            items = client.get("/api/v1/train/jobs", headers=ADMIN).json()["items"]
+            asked = tracking.paths[before:]
+            assert [item["status"] for item in items] == ["Succeeded"] * 20
+            assert {item["taskId"]: item["mlflowRunId"] for item in items if item["mlflowRunId"]} == runs
+            (registered,) = [item for item in items if item["registeredModelVersion"]]
+            assert (registered["taskId"], registered["registeredModelVersion"]) == ("listed-03", "1")
+            assert all(item["metrics"] == {"val_rmse": 1.5} for item in items if item["mlflowRunId"])
+            # One lookup of the experiment, one search of its runs, one of the registered versions.
+            assert len(asked) <= 4, asked
+            # Ended tasks' runs are kept, found or not: no more calls for the list or a status.
+            before = len(tracking.paths)
+            assert len(client.get("/api/v1/train/jobs", headers=ADMIN).json()["items"]) == 20
+            assert client.get("/api/v1/train/jobs/listed-19/status", headers=ADMIN).json()["mlflowRunId"] is None
+            assert tracking.paths[before:] == []
+    finally:
+        tracking.close()

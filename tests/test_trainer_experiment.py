@@ -1,24 +1,20 @@
 """The trainer's run lands in the task's experiment even when another trainer creates that
 experiment at the same moment (two tasks of a new experiment started together)."""
 
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
 from app.settings import PROJECT_ROOT
 from models.spec import TASK_ID_TAG, TRAIN_SPEC_ENV, TrainSpec
+from tests.mlflow_proxy import TrackingProxy
 from tests.support import regression_csv
-
-LOOKUP_BY_NAME = "/api/2.0/mlflow/experiments/get-by-name"
 
 
 @pytest.fixture
@@ -26,39 +22,10 @@ def late_tracking_server(mlflow_uri: str) -> Iterator[str]:
     """MLflow's REST API as a trainer sees it when it loses the race: its first lookup of an
     experiment by name misses, although another trainer has just created it, so its create then
     fails with RESOURCE_ALREADY_EXISTS. Every other call goes to the real server."""
-    missed: list[str] = []
-    upstream = httpx.Client(base_url=mlflow_uri, timeout=30)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def forward(self) -> None:
-            if self.path.startswith(LOOKUP_BY_NAME) and not missed:
-                missed.append(self.path)
-                self.answer(404, json.dumps({"error_code": "RESOURCE_DOES_NOT_EXIST",
-                                             "message": "Could not find experiment"}).encode(), "application/json")
-                return
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-            reply = upstream.request(self.command, self.path, content=body, headers=headers)
-            self.answer(reply.status_code, reply.content, reply.headers.get("content-type", "application/json"))
-
-        def answer(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = forward
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    upstream.close()
-    assert missed, "the trainer never looked its experiment up by name"
+    proxy = TrackingProxy(mlflow_uri, miss_first_lookup=True)
+    yield proxy.uri
+    proxy.close()
+    assert proxy.missed, "the trainer never looked its experiment up by name"
 
 
 def test_a_trainer_that_loses_the_race_to_create_its_experiment_still_runs_in_it(

@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +35,16 @@ class RunInfo:
 
 
 @dataclass(frozen=True)
-class RunOutcome:
-    metrics: dict[str, float]
-    registered_version: str | None
+class TaskRun:
+    """A training task's run: its id, its page in the MLflow UI and its latest metrics."""
+
+    run_id: str
     url: str | None
+    metrics: dict[str, float]
+
+
+# Runs per search call (MLflow's own maximum is 50,000).
+SEARCH_PAGE = 1000
 
 
 class Tracking:
@@ -69,29 +76,68 @@ class Tracking:
             raise self._unavailable(exc) from exc
         return RunInfo(run.info.run_id, run.info.status, run.data.tags.get(PROFILE_TAG))
 
-    def find_task_run(self, experiment_name: str, task_id: str) -> str | None:
-        """Id of the newest run tagged with this task id, or None if there is none; raises
-        DependencyUnavailable when MLflow cannot say (after one more try)."""
+    def task_runs(self, experiment_name: str, task_ids: Collection[str], since_ms: int | None) -> dict[str, TaskRun]:
+        """The newest run of each of these tasks (tagged with its id) in the experiment, with its
+        latest metrics: one search for a whole page of tasks, paged by MLflow. For one task it
+        asks for its tag; for several, for the tagged runs started since `since_ms` (the oldest
+        task's creation, less a margin), then, if some are missing (a clock far off, a task that
+        made no run), for all the experiment's tagged runs. Raises DependencyUnavailable when
+        MLflow cannot say (after one more try)."""
         for attempt in range(2):
             try:
-                return self._find_task_run(experiment_name, task_id)
+                return self._task_runs(experiment_name, set(task_ids), since_ms)
             except Exception as exc:
                 if attempt:
                     raise self._unavailable(exc) from exc
                 time.sleep(0.2)  # SQLite-backed servers refuse reads briefly under concurrent writes
         raise AssertionError("unreachable")
 
-    def _find_task_run(self, experiment_name: str, task_id: str) -> str | None:
+    def _task_runs(self, experiment_name: str, wanted: set[str], since_ms: int | None) -> dict[str, TaskRun]:
         experiment = self.client.get_experiment_by_name(experiment_name)
-        if experiment is None:
+        if experiment is None or not wanted:
+            return {}
+        if len(wanted) == 1:
+            return self._search(experiment.experiment_id, f"tags.`{TASK_ID_TAG}` = '{next(iter(wanted))}'", wanted)
+        tagged = f"tags.`{TASK_ID_TAG}` LIKE '%'"
+        found = self._search(experiment.experiment_id, f"{tagged} AND attributes.start_time >= {since_ms}", wanted) \
+            if since_ms is not None else {}
+        if len(found) < len(wanted):
+            found = self._search(experiment.experiment_id, tagged, wanted)
+        return found
+
+    def _search(self, experiment_id: str, where: str, wanted: set[str]) -> dict[str, TaskRun]:
+        found: dict[str, TaskRun] = {}
+        token = None
+        while True:
+            page = self.client.search_runs([experiment_id], filter_string=where, max_results=SEARCH_PAGE,
+                                           order_by=["attributes.start_time DESC"], page_token=token)
+            for run in page:
+                task_id = run.data.tags.get(TASK_ID_TAG)
+                if task_id in wanted and task_id not in found:  # newest first: the first is the newest
+                    found[task_id] = TaskRun(run.info.run_id, self._run_url(run.info.experiment_id, run.info.run_id),
+                                             dict(run.data.metrics))
+            token = page.token
+            if not token or len(found) == len(wanted):
+                return found
+
+    def registered_versions(self, name: str) -> dict[str, str]:
+        """The newest version of registered model `name` that each run registered, by run id (one
+        call for every task of a page that registers under that name). Raises DependencyUnavailable."""
+        try:
+            versions = self.client.search_model_versions(f"name = '{name}'")
+        except Exception as exc:
+            raise self._unavailable(exc) from exc
+        newest: dict[str, str] = {}
+        for version in versions:
+            if version.run_id and int(version.version) > int(newest.get(version.run_id, "0")):
+                newest[version.run_id] = str(version.version)
+        return newest
+
+    def _run_url(self, experiment_id: str, run_id: str) -> str | None:
+        """The run's page in the MLflow UI, when the UI is a web address."""
+        if not self.ui_url.startswith(("http://", "https://")):
             return None
-        runs = self.client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.`{TASK_ID_TAG}` = '{task_id}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        return runs[0].info.run_id if runs else None
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
     def model_version(self, name: str, version: str | None = None, alias: str | None = None
                       ) -> ModelVersionInfo | None:
@@ -120,30 +166,6 @@ class Tracking:
                 self.client.set_registered_model_alias(name, alias, version)
         except (MlflowException, OSError) as exc:
             raise self._unavailable(exc) from exc
-
-    def run_outcome(self, run_id: str, registered_name: str | None) -> RunOutcome | None:
-        """A finished run's metrics, the version of `registered_name` it registered, and its page in
-        the MLflow UI (when the tracking URI is a web address); None when MLflow cannot say."""
-        try:
-            run = self.client.get_run(run_id)
-            version = None
-            if registered_name:
-                found = self.client.search_model_versions(f"name = '{registered_name}' and run_id = '{run_id}'")
-                version = str(max(int(v.version) for v in found)) if found else None
-        except Exception as exc:
-            log.warning("reading the outcome of run %s failed: %s", run_id, exc)
-            return None
-        url = (f"{self.ui_url.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-               if self.ui_url.startswith(("http://", "https://")) else None)
-        return RunOutcome(dict(run.data.metrics), version, url)
-
-    def latest_metrics(self, run_id: str) -> dict[str, float]:
-        """The run's latest value of each metric; empty when MLflow cannot say."""
-        try:
-            return dict(self.client.get_run(run_id).data.metrics)
-        except Exception as exc:
-            log.warning("reading the metrics of run %s failed: %s", run_id, exc)
-            return {}
 
     def read_text_artifact(self, run_id: str, path: str) -> str | None:
         """A text artifact of a run, or None when the run has none at that path."""

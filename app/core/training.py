@@ -1,7 +1,9 @@
 """Training tasks: validate a request against its profile, build its Job, hand it to the runtime."""
 
 import logging
+from collections import defaultdict
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ from app.core.manifests import KIND_TRAINING, ClusterRefs, training_job
 from app.core.names import id_problem, job_name
 from app.core.pages import ListQuery, Page, page_of
 from app.core.requests import check_same_request
-from app.core.tracking import RunOutcome, Tracking
+from app.core.tracking import TaskRun, Tracking
 from app.errors import DependencyUnavailable, Forbidden, InvalidSpec, TaskNotFound
 from app.profiles import ModelProfile
 from app.runtime.base import AlreadyExists, LogGone, Runtime, WorkloadState
@@ -19,6 +21,13 @@ from app.schemas.training import TrainingProgress, TrainingStatus, TrainingTask,
 from models.spec import TRAINER_LOG_ARTIFACT, TrainSpec, dataset_scheme
 
 log = logging.getLogger(__name__)
+
+# Named here because inside TrainingService `list` is its method.
+States = list[WorkloadState]
+Tasks = list[TrainingTask]
+# How long before its task's creation a run may have started: the cluster's clock and the trainer
+# pod's (which stamps the run) may differ.
+CLOCK_MARGIN = timedelta(hours=1)
 
 DEFAULT_LOG_FOLLOWERS = 64
 PROGRESS_METRICS = {"step": "progress_step", "total_steps": "progress_total_steps",
@@ -54,10 +63,10 @@ class TrainingService:
         self.profiles = profiles
         self.tracking = tracking
         self.refs = refs
-        # Run ids never change once found (None: an ended task that made none), nor a finished run's
-        # outcome; keyed by the task's incarnation.
-        self._run_ids: dict[str, str | None] = {}
-        self._outcomes: dict[str, RunOutcome] = {}
+        # What never changes once an ended task's run was looked up (None: it made none), and the
+        # version a succeeded task registered; keyed by the task's incarnation.
+        self._ended_runs: dict[str, TaskRun | None] = {}
+        self._versions: dict[str, str | None] = {}
 
     def plan(self, request: TrainRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The normalized request and the Job for it; raise InvalidSpec/Forbidden, change nothing."""
@@ -150,7 +159,7 @@ class TrainingService:
         except AlreadyExists as exists:
             check_same_request("training", request.task_id, exists.existing.request, normalized)
             state, created = exists.existing, False
-        return await self._task(state), created
+        return (await self._tasks([state]))[0], created
 
     async def get(self, task_id: str) -> TrainingTask:
         # An id no task can have is not looked up: on disk it could name a path ("..", too long),
@@ -158,7 +167,7 @@ class TrainingService:
         state = await run_blocking(self.runtime.get, KIND_TRAINING, task_id) if id_problem(task_id) is None else None
         if state is None:
             raise TaskNotFound(f"no training task '{task_id}'", field="taskId")
-        return await self._task(state)
+        return (await self._tasks([state]))[0]
 
     async def list(self, query: ListQuery = ListQuery()) -> tuple[list[TrainingTask], Page]:
         """A page of the tasks (all of them without a limit), in task-id order. Only the page's
@@ -167,7 +176,7 @@ class TrainingService:
             find_profile(self.profiles, query.profile, field="profile")
         states = await run_blocking(self.runtime.list, KIND_TRAINING)
         page = page_of(states, query, lambda state: state.request.get("modelProfile"))
-        return [await self._task(state) for state in page.states], page
+        return await self._tasks(page.states), page
 
     async def delete(self, task_id: str) -> None:
         if id_problem(task_id) is not None or not await run_blocking(self.runtime.delete, KIND_TRAINING, task_id):
@@ -196,40 +205,67 @@ class TrainingService:
             return f"{gone}; no log was kept with its MLflow run\n"
         return "".join(text.splitlines(keepends=True)[-tail:]) if tail is not None else text
 
-    async def _run_id(self, state: WorkloadState) -> str | None:
-        """The task's MLflow run, looked up until found; for an ended task, until MLflow answers
-        (its trainer has finished: a run it did not make by then never comes), so that a list of a
-        thousand ended tasks does not ask MLflow again on every read."""
-        if state.uid in self._run_ids:
-            return self._run_ids[state.uid]
-        if state.phase == TrainingStatus.PENDING:
-            return None
-        try:
-            run_id = await run_blocking(self.tracking.find_task_run, state.request["experimentName"], state.task_id)
-        except DependencyUnavailable as exc:  # a status read must not fail because MLflow hiccups
-            log.warning("looking up the MLflow run of task %s failed: %s", state.task_id, exc)
-            return None
-        if run_id is not None or state.phase in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED):
-            self._run_ids[state.uid] = run_id
-        return run_id
+    async def _tasks(self, states: States) -> Tasks:
+        """The tasks as the API answers them, with what MLflow knows of their runs: one search per
+        experiment and one call per registered model name for the whole list, not calls per task."""
+        runs = await self._runs_of(states)
+        versions = await self._versions_of(states, runs)
+        return [self._task(state, runs.get(state.uid), versions.get(state.uid)) for state in states]
 
-    async def _task(self, state: WorkloadState) -> TrainingTask:
+    async def _runs_of(self, states: States) -> dict[str, TaskRun | None]:
+        """Each started task's run by incarnation (uid). An ended task's is kept once MLflow has
+        answered, found or not (its trainer has finished: a run it did not make by then never
+        comes); a running one's is asked each time, for its progress. MLflow being down is logged,
+        not raised: a status read must not fail because MLflow hiccups."""
+        runs: dict[str, TaskRun | None] = {s.uid: self._ended_runs[s.uid] for s in states if s.uid in self._ended_runs}
+        by_experiment: dict[str, States] = defaultdict(list)
+        for state in states:
+            if state.phase != TrainingStatus.PENDING and state.uid not in runs:
+                by_experiment[state.request["experimentName"]].append(state)
+        for experiment, group in by_experiment.items():
+            created = [s.created_at for s in group]
+            oldest = min((c for c in created if c is not None), default=None)
+            since = int((oldest - CLOCK_MARGIN).timestamp() * 1000) if oldest and None not in created else None
+            try:
+                found = await run_blocking(self.tracking.task_runs, experiment, [s.task_id for s in group], since)
+            except DependencyUnavailable as exc:
+                log.warning("looking up the MLflow runs of %d tasks of experiment %r failed: %s", len(group),
+                            experiment, exc)
+                continue
+            for state in group:
+                runs[state.uid] = found.get(state.task_id)
+                if state.phase in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED):
+                    self._ended_runs[state.uid] = runs[state.uid]
+        return runs
+
+    async def _versions_of(self, states: States, runs: dict[str, TaskRun | None]) -> dict[str, str | None]:
+        """The version each succeeded task registered under its customModelName, kept once known."""
+        versions = {s.uid: self._versions[s.uid] for s in states if s.uid in self._versions}
+        asking: dict[str, States] = defaultdict(list)
+        for state in states:
+            if (state.phase == TrainingStatus.SUCCEEDED and state.uid not in versions and runs.get(state.uid)
+                    and state.request.get("customModelName")):
+                asking[state.request["customModelName"]].append(state)
+        for name, group in asking.items():
+            try:
+                by_run = await run_blocking(self.tracking.registered_versions, name)
+            except DependencyUnavailable as exc:
+                log.warning("reading the versions of registered model %r failed: %s", name, exc)
+                continue
+            for state in group:
+                run = runs[state.uid]
+                versions[state.uid] = self._versions[state.uid] = by_run.get(run.run_id) if run else None
+        return versions
+
+    def _task(self, state: WorkloadState, run: TaskRun | None, version: str | None) -> TrainingTask:
         request = state.request
-        run_id = await self._run_id(state)
-        progress = outcome = None
-        if run_id and state.phase == TrainingStatus.RUNNING:
-            progress = progress_of(await run_blocking(self.tracking.latest_metrics, run_id))
-        if run_id and state.phase == TrainingStatus.SUCCEEDED:
-            outcome = self._outcomes.get(state.uid)
-            if outcome is None:
-                outcome = await run_blocking(self.tracking.run_outcome, run_id, request.get("customModelName"))
-                if outcome is not None:
-                    self._outcomes[state.uid] = outcome
+        succeeded = state.phase == TrainingStatus.SUCCEEDED
+        progress = progress_of(run.metrics) if run and state.phase == TrainingStatus.RUNNING else None
         return TrainingTask(
             progress=progress,
-            metrics=model_metrics(outcome.metrics) if outcome else None,
-            registered_model_version=outcome.registered_version if outcome else None,
-            mlflow_run_url=outcome.url if outcome else None,
+            metrics=model_metrics(run.metrics) if run and succeeded else None,
+            registered_model_version=version,
+            mlflow_run_url=run.url if run and succeeded else None,
             task_id=state.task_id,
             status=TrainingStatus(state.phase),
             message=state.message,
@@ -245,5 +281,5 @@ class TrainingService:
             created_at=state.created_at,
             start_time=state.start_time,
             completion_time=state.completion_time,
-            mlflow_run_id=run_id,
+            mlflow_run_id=run.run_id if run else None,
         )
