@@ -5,12 +5,16 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
+from pathlib import Path
 
 from benchmarks.results import Measurement
 
 OUR_PACKAGES = ("uvicorn", "httptools", "uvloop", "orjson", "numpy", "scikit-learn", "onnxruntime", "skl2onnx",
                 "treelite", "pyreqwest", "fastapi", "starlette")
 PEER_NAMES = ("mlflow", "mlserver", "kserve")
+
+# Written by benchmarks/control_plane_scale.py; kept at the end of docs/benchmarks.md by both.
+SCALE_REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks-scale.md"
 
 
 @dataclass(frozen=True)
@@ -229,4 +233,6 @@ def render(context: Context, measurements: list[Measurement]) -> str:
             loads = list(dict.fromkeys(m.load.name for m in rows))
             peers = [m for m in measurements if m.model == key and m.route is None]
             out += [f"### {title}", "", *_server_table(rows, loads), "", *_proxy_lines(rows, peers), ""]
+    if SCALE_REPORT.exists():  # the control plane at scale: its own benchmark, its own run
+        out += [SCALE_REPORT.read_text().strip(), ""]
     return "\n".join(out)

@@ -99,6 +99,12 @@ def test_the_client_and_the_command_line_against_a_running_api(api_factory, tmp_
     assert [d["taskId"] for d in listed["deployments"]] == ["houses-api"]
     table = mlops(api.url, "ls")
     assert table.exit_code == 0 and "houses-api" in table.stdout and "\x1b[" not in table.stdout  # no colour piped
+    ready = json.loads(mlops(api.url, "ls", "--status", "Ready", "-o", "json").stdout)
+    assert (ready["trainings"], [d["taskId"] for d in ready["deployments"]]) == ([], ["houses-api"])
+    assert json.loads(mlops(api.url, "ls", "--profile", "llm_chat", "-o", "json").stdout) == \
+        {"trainings": [], "deployments": []}
+    unknown = mlops(api.url, "ls", "--status", "Done")
+    assert unknown.exit_code != 0 and "--status" in unknown.stderr
     logs = mlops(api.url, "logs", "houses-1")
     assert logs.exit_code == 0 and logs.stdout.strip()
     assert yaml.safe_load(mlops(api.url, "status", "houses-api", "-o", "yaml").stdout)["modelId"] == "houses"
@@ -128,6 +134,10 @@ def test_the_client_and_the_command_line_against_a_running_api(api_factory, tmp_
         assert client.set_canary_weight("houses-api", 30).canary.weight == 30
         assert client.abort_canary("houses-api").canary is None
         assert "houses-api" in [d.task_id for d in client.deployments()]
+        paged = Client(api.url, ADMIN, page_size=1)  # every list read one task at a time, to the end
+        assert [d.task_id for d in paged.deployments()] == ["houses-api", "houses-by-name"]
+        assert [t.task_id for t in paged.trainings(status="Succeeded", profile=PROFILE)] == ["houses-1"]
+        paged.close()
         follow = client.follow_training_logs("houses-1")
         assert any(line for line in follow)  # the job has ended: the stream ends too
 

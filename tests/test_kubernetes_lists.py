@@ -2,6 +2,7 @@
 cluster, no read calls the Kubernetes API, and what it answers is what the API itself would."""
 
 import contextlib
+import tracemalloc
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -11,7 +12,7 @@ from app.core.manifests import KIND_INFERENCE, KIND_TRAINING, LABEL_TASK_ID
 from app.core.names import job_name
 from app.main import create_app
 from app.runtime.kubernetes import KubernetesRuntime
-from app.runtime.kubernetes.api import DEPLOYMENTS
+from app.runtime.kubernetes.api import DEPLOYMENTS, JOBS, PODS
 from app.runtime.kubernetes.object_cache import ObjectCache, Watched
 from app.settings import Settings
 from models.spec import TASK_ID_TAG
@@ -203,3 +204,26 @@ def test_a_list_asks_mlflow_once_per_experiment_and_an_ended_tasks_run_is_kept(
             assert tracking.paths[before:] == []
     finally:
         tracking.close()
+
+
+def test_the_cache_keeps_a_few_kib_per_task(fake: FakeKube) -> None:
+    """A training task's Job and pod, as a cluster holds them once it ended, cost the cache a few
+    KiB (slim JSON at its own length), not the ~30 KiB of the objects as Python dicts."""
+    for i in range(100):
+        task_id = f"train-{i:03d}"
+        fake.create("jobs", training_task(task_id)[1][0])
+        fake.start_job(job_name(task_id))
+        fake.complete_job(job_name(task_id))
+    jobs, pods = fake.list("jobs"), fake.list("pods")
+    cache = ObjectCache(api=None, watched=[Watched(JOBS), Watched(PODS)])  # type: ignore[arg-type]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for job, pod in zip(jobs, pods, strict=True):
+            cache.observe(JOBS, job)
+            cache.observe(PODS, pod)
+        per_task = (tracemalloc.get_traced_memory()[0] - before) / 100
+    finally:
+        tracemalloc.stop()
+    assert per_task < 4096, f"{per_task:.0f} bytes per task"
+    assert len(cache.objects(JOBS)) == 100 and cache.objects(PODS, "train-007")[0]["status"]["phase"] == "Succeeded"

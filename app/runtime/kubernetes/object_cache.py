@@ -230,8 +230,9 @@ class ObjectCache:
             if before.uid == metadata.get("uid") and _older(metadata.get("resourceVersion"), before.resource_version):
                 return
             self._by_task[resource][before.task_id].discard(name)
-        kept = Kept(task_id_of(obj), metadata.get("uid"), metadata.get("resourceVersion"),
-                    orjson.dumps(slim(resource, obj)))
+        # Copied to its own length: orjson's answer keeps the 4 KiB buffer it was written into.
+        compact = bytes(memoryview(orjson.dumps(slim(resource, obj))))
+        kept = Kept(task_id_of(obj), metadata.get("uid"), metadata.get("resourceVersion"), compact)
         self._objects[resource][name] = kept
         self._by_task[resource][kept.task_id].add(name)
 
