@@ -406,7 +406,9 @@ class DeploymentService:
         return [self._task(state) for state in page.states], page
 
     async def delete(self, task_id: str) -> None:
-        state = await run_blocking(self.runtime.get, KIND_INFERENCE, task_id) if id_problem(task_id) is None else None
+        # Read from the cluster, not a cache: a deployment another replica made a moment ago is deleted too.
+        state = (await run_blocking(self.runtime.get, KIND_INFERENCE, task_id, True)
+                 if id_problem(task_id) is None else None)
         if state is not None:
             await self._keep_last_log(state)
         if state is None or not await run_blocking(self.runtime.delete, KIND_INFERENCE, task_id):

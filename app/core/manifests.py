@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from app.core.names import canary_name, inference_name, job_name
 from app.profiles import ModelProfile, Resources
 from models.spec import (
@@ -401,13 +403,13 @@ def served_model_name_of(obj: dict[str, Any]) -> str | None:
 def request_of(obj: dict[str, Any]) -> dict[str, Any]:
     """The request an object was created from, read back from its annotation."""
     raw = (obj.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_REQUEST)
-    return json.loads(raw) if raw else {}
+    return orjson.loads(raw) if raw else {}
 
 
 def rollout_of(obj: dict[str, Any]) -> dict[str, Any] | None:
     """The revision history an inference Deployment records, if any."""
     raw = (obj.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_ROLLOUT)
-    return json.loads(raw) if raw else None
+    return orjson.loads(raw) if raw else None
 
 
 def revision_of(pod: dict[str, Any]) -> int | None:

@@ -179,8 +179,14 @@ class TrainingService:
         return await self._tasks(page.states), page
 
     async def delete(self, task_id: str) -> None:
-        if id_problem(task_id) is not None or not await run_blocking(self.runtime.delete, KIND_TRAINING, task_id):
+        # Read from the cluster, not a cache: a task another replica made a moment ago is deleted too.
+        state = (await run_blocking(self.runtime.get, KIND_TRAINING, task_id, True)
+                 if id_problem(task_id) is None else None)
+        if state is None or not await run_blocking(self.runtime.delete, KIND_TRAINING, task_id):
             raise TaskNotFound(f"no training task '{task_id}'", field="taskId")
+        # What was kept of its run goes with it (another API replica's copy goes when it restarts).
+        self._ended_runs.pop(state.uid, None)
+        self._versions.pop(state.uid, None)
 
     async def logs(self, task_id: str, tail: int | None) -> str:
         task = await self.get(task_id)

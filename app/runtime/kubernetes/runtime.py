@@ -489,7 +489,8 @@ class KubernetesRuntime:
             pods = self._pods_by_task(kind, task_id, fresh)
         listed = pods is not None
         pods = pods or {}
-        phases = {id(obj): phase_of(obj, pods.get(_labels(obj)[LABEL_TASK_ID], []), []) for obj in objects}
+        if listed:  # else every phase was read without pods already
+            phases = {id(obj): phase_of(obj, pods.get(_labels(obj)[LABEL_TASK_ID], []), []) for obj in objects}
         if events is None and any(phase in _PENDING for phase, _ in phases.values()):
             events = self._warnings(fresh)
             phases = {
