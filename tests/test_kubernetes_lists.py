@@ -227,3 +227,27 @@ def test_the_cache_keeps_a_few_kib_per_task(fake: FakeKube) -> None:
         tracemalloc.stop()
     assert per_task < 4096, f"{per_task:.0f} bytes per task"
     assert len(cache.objects(JOBS)) == 100 and cache.objects(PODS, "train-007")[0]["status"]["phase"] == "Succeeded"
+
+
+def test_deleting_one_kind_of_task_leaves_the_others_of_its_id_and_is_seen_at_once(fake: FakeKube, loop) -> None:
+    """A training task and a deployment may share a task id: deleting one keeps the other in the
+    cache, and what was deleted is gone from the next read of this API, before any watch event."""
+    runtime = make_runtime(fake)
+    loop.run(runtime.start())
+    try:
+        runtime.create(KIND_TRAINING, "same", training_task("same")[1])
+        runtime.create(KIND_INFERENCE, "same", inference_task("same", "model-same")[1])
+        fake.make_deployment_available("infer-model-same")
+        caught_up(runtime, fake)
+        fake.hold_watches()  # no stream the server ends comes back meanwhile
+        assert runtime.delete(KIND_INFERENCE, "same")
+        mark = fake.mark()
+        assert runtime.get(KIND_INFERENCE, "same") is None
+        training = runtime.get(KIND_TRAINING, "same")
+        assert training is not None and training.task_id == "same"
+        assert reads(fake, mark) == []
+        assert runtime.delete(KIND_TRAINING, "same")
+        assert runtime.get(KIND_TRAINING, "same") is None
+        fake.release_watches()
+    finally:
+        loop.run(runtime.close())

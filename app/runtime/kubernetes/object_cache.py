@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import orjson
 from kubernetes import watch
 
-from app.core.manifests import LABEL_TASK_ID
+from app.core.manifests import LABEL_TASK_ID, LABEL_TASK_KIND
 from app.errors import MlopsError
 from app.runtime.kubernetes.api import (
     DEPLOYMENTS,
@@ -99,6 +99,7 @@ class Kept(NamedTuple):
     """An object as the cache keeps it: what its index, deletions and ordering need, and its slim JSON."""
 
     task_id: str | None
+    task_kind: str | None
     uid: str | None
     resource_version: str | None
     json: bytes
@@ -116,6 +117,10 @@ def _older(candidate: str | None, kept: str | None) -> bool:
 
 def task_id_of(obj: Obj) -> str | None:
     return (obj.get("metadata", {}).get("labels") or {}).get(LABEL_TASK_ID)
+
+
+def _task_kind_of(obj: Obj) -> str | None:
+    return (obj.get("metadata", {}).get("labels") or {}).get(LABEL_TASK_KIND)
 
 
 class ObjectCache:
@@ -211,11 +216,14 @@ class ObjectCache:
             self._put(resource, obj)
             self._tell({task_id_of(obj)})
 
-    def forget(self, task_id: str) -> None:
+    def forget(self, task_id: str, task_kinds: Sequence[str]) -> None:
+        """Drop the objects of that task id and task kinds (the runtime deleted them): a training
+        task and a deployment may share an id, and deleting one leaves the other."""
         with self.lock:
-            for resource in self._objects:
+            for resource, objects in self._objects.items():
                 for name in list(self._by_task[resource].get(task_id, ())):
-                    self._drop(resource, name)
+                    if objects[name].task_kind in task_kinds:
+                        self._drop(resource, name)
             self._tell({task_id})
 
     # -- under the lock ------------------------------------------------------------------------------
@@ -232,7 +240,7 @@ class ObjectCache:
             self._by_task[resource][before.task_id].discard(name)
         # Copied to its own length: orjson's answer keeps the 4 KiB buffer it was written into.
         compact = bytes(memoryview(orjson.dumps(slim(resource, obj))))
-        kept = Kept(task_id_of(obj), metadata.get("uid"), metadata.get("resourceVersion"), compact)
+        kept = Kept(task_id_of(obj), _task_kind_of(obj), metadata.get("uid"), metadata.get("resourceVersion"), compact)
         self._objects[resource][name] = kept
         self._by_task[resource][kept.task_id].add(name)
 

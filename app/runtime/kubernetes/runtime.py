@@ -418,7 +418,10 @@ class KubernetesRuntime:
             job = self.api.get(JOBS, job_name(task_id))
             if job is None or not _belongs(job, kind, task_id):
                 return False
-            return self.api.delete(JOBS, job["metadata"]["name"], job["metadata"]["uid"])
+            deleted = self.api.delete(JOBS, job["metadata"]["name"], job["metadata"]["uid"])
+            if deleted:
+                self.cache.forget(task_id, (KIND_TRAINING,))  # this API's next read says so at once
+            return deleted
         # The Services first: predicts stop being routed before the pods go. The canary's objects
         # and the autoscaler are owned by the Deployment too (the garbage collector would remove
         # them), but are deleted here so that none outlives the answer.
@@ -430,7 +433,8 @@ class KubernetesRuntime:
             objects, _ = self.api.list(resource, labels)
             for obj in objects:
                 deleted = self.api.delete(resource, obj["metadata"]["name"], obj["metadata"]["uid"]) or deleted
-        self.cache.forget(task_id)
+        if deleted:
+            self.cache.forget(task_id, (KIND_INFERENCE, KIND_CANARY))
         return deleted
 
     def read_logs(self, kind: str, task_id: str, tail: int | None) -> str:
