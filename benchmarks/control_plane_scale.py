@@ -154,9 +154,8 @@ class Api:
     def __init__(self, work: Path, name: str, env: dict[str, str]):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        base = {key: value for key, value in os.environ.items() if not key.startswith(("MLOPS_", "KUBE"))}
         self.server = Server(name, [sys.executable, "-m", "app"], self.url + "/readyz",
-                             {**base, "MLOPS_PORT": str(self.port), "MLOPS_WORKERS": "1",
+                             {"MLOPS_PORT": str(self.port), "MLOPS_WORKERS": "1",
                               "MLOPS_AUTH_DISABLED": "true", "MLOPS_DATA_DIR": str(work / f"{name}-data"), **env},
                              PROJECT_ROOT, work / f"{name}.log")
         self.client = httpx.Client(base_url=self.url, timeout=120)

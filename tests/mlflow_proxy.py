@@ -14,21 +14,21 @@ class TrackingProxy:
     def __init__(self, upstream: str, miss_first_lookup: bool = False):
         self.paths: list[str] = []
         self.missed: list[str] = []
-        self._miss = miss_first_lookup
-        self._upstream = httpx.Client(base_url=upstream, timeout=30)
+        self.miss_first_lookup = miss_first_lookup
+        self.upstream = httpx.Client(base_url=upstream, timeout=30)
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def forward(self) -> None:
                 proxy.paths.append(self.path.split("?")[0])
-                if proxy._miss and self.path.startswith(LOOKUP_BY_NAME) and not proxy.missed:
+                if proxy.miss_first_lookup and self.path.startswith(LOOKUP_BY_NAME) and not proxy.missed:
                     proxy.missed.append(self.path)
                     self.answer(404, json.dumps({"error_code": "RESOURCE_DOES_NOT_EXIST",
                                                  "message": "Could not find experiment"}).encode(), "application/json")
                     return
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                reply = proxy._upstream.request(self.command, self.path, content=body, headers=headers)
+                reply = proxy.upstream.request(self.command, self.path, content=body, headers=headers)
                 self.answer(reply.status_code, reply.content, reply.headers.get("content-type", "application/json"))
 
             def answer(self, status: int, body: bytes, content_type: str) -> None:
@@ -49,4 +49,4 @@ class TrackingProxy:
 
     def close(self) -> None:
         self._server.shutdown()
-        self._upstream.close()
+        self.upstream.close()

@@ -3,6 +3,7 @@ cluster, no read calls the Kubernetes API, and what it answers is what the API i
 
 import contextlib
 import tracemalloc
+from collections import Counter
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -195,8 +196,13 @@ def test_a_list_asks_mlflow_once_per_experiment_and_an_ended_tasks_run_is_kept(
             (registered,) = [item for item in items if item["registeredModelVersion"]]
             assert (registered["taskId"], registered["registeredModelVersion"]) == ("listed-03", "1")
             assert all(item["metrics"] == {"val_rmse": 1.5} for item in items if item["mlflowRunId"])
-            # One lookup of the experiment, one search of its runs, one of the registered versions.
-            assert len(asked) <= 4, asked
+            # One lookup of the experiment, its runs' searches (since the oldest task, then all: the
+            # fake cluster's clock is in 2030), one search of the registered versions; each may be
+            # tried twice by MLflow's client on a busy machine. Asking per task would be 20 or more.
+            calls = Counter(asked)
+            assert set(calls) <= {"/api/2.0/mlflow/experiments/get-by-name", "/api/2.0/mlflow/runs/search",
+                                  "/api/2.0/mlflow/model-versions/search"}, asked
+            assert calls["/api/2.0/mlflow/runs/search"] <= 4 and len(asked) <= 8, asked
             # Ended tasks' runs are kept, found or not: no more calls for the list or a status.
             before = len(tracking.paths)
             assert len(client.get("/api/v1/train/jobs", headers=ADMIN).json()["items"]) == 20

@@ -63,10 +63,11 @@ class TrainingService:
         self.profiles = profiles
         self.tracking = tracking
         self.refs = refs
-        # What never changes once an ended task's run was looked up (None: it made none), and the
-        # version a succeeded task registered; keyed by the task's incarnation.
-        self._ended_runs: dict[str, TaskRun | None] = {}
-        self._versions: dict[str, str | None] = {}
+        # What never changes once known, by task id with the incarnation (uid) it is true of: an
+        # ended task's run (None: it made none) and the version a succeeded task registered. A task
+        # made again under its id replaces the entry; a deleted one's goes with it.
+        self._ended_runs: dict[str, tuple[str, TaskRun | None]] = {}
+        self._versions: dict[str, tuple[str, str | None]] = {}
 
     def plan(self, request: TrainRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The normalized request and the Job for it; raise InvalidSpec/Forbidden, change nothing."""
@@ -179,14 +180,10 @@ class TrainingService:
         return await self._tasks(page.states), page
 
     async def delete(self, task_id: str) -> None:
-        # Read from the cluster, not a cache: a task another replica made a moment ago is deleted too.
-        state = (await run_blocking(self.runtime.get, KIND_TRAINING, task_id, True)
-                 if id_problem(task_id) is None else None)
-        if state is None or not await run_blocking(self.runtime.delete, KIND_TRAINING, task_id):
+        if id_problem(task_id) is not None or not await run_blocking(self.runtime.delete, KIND_TRAINING, task_id):
             raise TaskNotFound(f"no training task '{task_id}'", field="taskId")
-        # What was kept of its run goes with it (another API replica's copy goes when it restarts).
-        self._ended_runs.pop(state.uid, None)
-        self._versions.pop(state.uid, None)
+        self._ended_runs.pop(task_id, None)
+        self._versions.pop(task_id, None)
 
     async def logs(self, task_id: str, tail: int | None) -> str:
         task = await self.get(task_id)
@@ -223,15 +220,14 @@ class TrainingService:
         answered, found or not (its trainer has finished: a run it did not make by then never
         comes); a running one's is asked each time, for its progress. MLflow being down is logged,
         not raised: a status read must not fail because MLflow hiccups."""
-        runs: dict[str, TaskRun | None] = {s.uid: self._ended_runs[s.uid] for s in states if s.uid in self._ended_runs}
+        runs = {s.uid: kept[1] for s in states if (kept := self._ended_runs.get(s.task_id)) and kept[0] == s.uid}
         by_experiment: dict[str, States] = defaultdict(list)
         for state in states:
             if state.phase != TrainingStatus.PENDING and state.uid not in runs:
                 by_experiment[state.request["experimentName"]].append(state)
         for experiment, group in by_experiment.items():
             created = [s.created_at for s in group]
-            oldest = min((c for c in created if c is not None), default=None)
-            since = int((oldest - CLOCK_MARGIN).timestamp() * 1000) if oldest and None not in created else None
+            since = None if None in created else int((min(created) - CLOCK_MARGIN).timestamp() * 1000)
             try:
                 found = await run_blocking(self.tracking.task_runs, experiment, [s.task_id for s in group], since)
             except DependencyUnavailable as exc:
@@ -241,12 +237,12 @@ class TrainingService:
             for state in group:
                 runs[state.uid] = found.get(state.task_id)
                 if state.phase in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED):
-                    self._ended_runs[state.uid] = runs[state.uid]
+                    self._ended_runs[state.task_id] = (state.uid, runs[state.uid])
         return runs
 
     async def _versions_of(self, states: States, runs: dict[str, TaskRun | None]) -> dict[str, str | None]:
         """The version each succeeded task registered under its customModelName, kept once known."""
-        versions = {s.uid: self._versions[s.uid] for s in states if s.uid in self._versions}
+        versions = {s.uid: kept[1] for s in states if (kept := self._versions.get(s.task_id)) and kept[0] == s.uid}
         asking: dict[str, States] = defaultdict(list)
         for state in states:
             if (state.phase == TrainingStatus.SUCCEEDED and state.uid not in versions and runs.get(state.uid)
@@ -260,7 +256,8 @@ class TrainingService:
                 continue
             for state in group:
                 run = runs[state.uid]
-                versions[state.uid] = self._versions[state.uid] = by_run.get(run.run_id) if run else None
+                versions[state.uid] = by_run.get(run.run_id) if run else None
+                self._versions[state.task_id] = (state.uid, versions[state.uid])
         return versions
 
     def _task(self, state: WorkloadState, run: TaskRun | None, version: str | None) -> TrainingTask:
